@@ -1,0 +1,94 @@
+"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+
+The schemas are the only place defaults live. Hydra merges `conf/config.yaml`, the group files and the
+recipe on top of them in struct mode, so a misspelt key fails at composition and names the file and key.
+Cross-field checks that need the model (lengths, head dims, layer counts) run in `extend.rope.resolve`
+before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+RECIPES_DIR = REPO_ROOT / "recipes"
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, reported at once, each with the key and how to fix it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a preset built from a config (`tiny-llama`, ...), a local folder, or a Hub id."""
+
+    name_or_path: str = "tiny-llama"
+    # torch dtype the weights are loaded in; RoPE angles are computed in float32 regardless.
+    dtype: str = "float32"
+    # Attention kernel: sdpa (default), eager, or flash_attention_2 when installed.
+    attn_implementation: str = "sdpa"
+    revision: str | None = None
+    # Remote code runs arbitrary Python from the model repository: opt in explicitly.
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RopeConfig:
+    """The position method. `type: none` keeps the base model's own RoPE.
+
+    Method-specific fields default to None, meaning "the method's own default" (see
+    `extend/rope/methods.py`); setting a field the chosen method does not read is an error.
+    """
+
+    type: str = "none"
+    # Extension factor s: the extended length is s x original_max_position_embeddings.
+    factor: float = 1.0
+    # L, the length the base was trained at; defaults to the model's max_position_embeddings.
+    original_max_position_embeddings: int | None = None
+    # New base frequency (abf, entropy_abf).
+    rope_theta: float | None = None
+    # Scale applied to cos/sin (yarn, longrope); None = the method's formula.
+    attention_factor: float | None = None
+    # yarn: the ramp between extrapolated (beta_fast rotations) and interpolated (beta_slow) dims.
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    # llama3: wavelength band edges as fractions of L.
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    # longrope: per-dimension rescale factors, head_dim / 2 values each.
+    short_factor: list[float] | None = None
+    long_factor: list[float] | None = None
+    # power (Giraffe): theta_i * (1 - 2i/d) ** power.
+    power: float | None = None
+    # truncated (Giraffe): the wavelength T below which frequencies are kept as they are.
+    truncation_length: float | None = None
+    # entropy_abf: L in max(1, ln(m+1) / ln L) and the number of first layers left unscaled.
+    log_scale_length: int | None = None
+    exempt_layers: int | None = None
+
+
+@dataclass
+class ExtendConfig:
+    """The composed config of one run."""
+
+    run_name: str = "tiny"
+    output_dir: str = "outputs/${run_name}"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rope: RopeConfig = field(default_factory=RopeConfig)
+
+
+def register_configs() -> None:
+    """Register the schema that `conf/config.yaml` lists first in its defaults."""
+    ConfigStore.instance().store(name="extend_schema", node=ExtendConfig)
+
+
+register_configs()

@@ -1,0 +1,31 @@
+"""Tiny model configs built in code: for tests, and for inspecting position methods offline.
+
+They are randomly initialised; they say nothing about quality, only about shapes and positions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from transformers import LlamaConfig, MistralConfig, PreTrainedConfig, Qwen2Config
+
+_SHAPE = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+
+PRESETS: dict[str, Callable[[], PreTrainedConfig]] = {
+    "tiny-llama": lambda: LlamaConfig(**_SHAPE, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "tiny-qwen2": lambda: Qwen2Config(
+        **_SHAPE, use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}
+    ),
+    "tiny-mistral": lambda: MistralConfig(
+        **_SHAPE, sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}
+    ),
+}

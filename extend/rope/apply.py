@@ -1,0 +1,225 @@
+"""Resolve a `rope` config against a model config, and write the method into the config before the model
+is built (transformers computes `inv_freq` in the rotary module's __init__, so changing the config of a
+built model silently does nothing)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedConfig
+
+from extend.config import ConfigError, RopeConfig
+from extend.rope.export import EXPORTERS, served_lengths
+from extend.rope.methods import METHODS, RopeMethod
+
+# Key under which a saved config.json records how its positions were changed.
+PROVENANCE_KEY = "extend_position_method"
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a position method needs to know about the model it is applied to."""
+
+    head_dim: int
+    rotary_dim: int
+    num_layers: int
+    rope_theta: float
+    rope_type: str
+    max_position_embeddings: int | None
+
+    @classmethod
+    def of(cls, config: PreTrainedConfig) -> ModelGeometry:
+        rope = dict(getattr(config, "rope_parameters", None) or {})
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) or 1.0
+        return cls(
+            head_dim=head_dim,
+            rotary_dim=int(head_dim * partial),
+            num_layers=config.num_hidden_layers,
+            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+            rope_type=rope.get("rope_type", rope.get("type", "default")),
+            max_position_embeddings=getattr(config, "max_position_embeddings", None),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedRope:
+    """A validated method bound to a model: its parameters, the base it rescales and the rotary dim."""
+
+    method: RopeMethod
+    params: Any
+    base: float
+    rotary_dim: int
+
+    @property
+    def original_length(self) -> int:
+        return self.params.original_max_position_embeddings
+
+    @property
+    def extended_length(self) -> int:
+        return self.params.extended_length
+
+    def inv_freq(self, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+        return self.method.inv_freq(self.rotary_dim, self.base, self.params, seq_len=seq_len)
+
+    def hf_fields(self) -> tuple[dict[str, Any], int]:
+        """(rope_parameters, max_position_embeddings) as config.json will carry them."""
+        return EXPORTERS[self.method.name](self.rotary_dim, self.base, self.params)
+
+    def provenance(self) -> dict[str, Any]:
+        fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self.params).items()}
+        return {"type": self.method.name, "base_rope_theta": self.base, **fields}
+
+
+def _as_rope_config(rope_cfg: RopeConfig | DictConfig | dict) -> RopeConfig:
+    if isinstance(rope_cfg, RopeConfig):
+        return rope_cfg
+    if isinstance(rope_cfg, DictConfig):
+        rope_cfg = OmegaConf.to_container(rope_cfg, resolve=True)
+    unknown = set(rope_cfg) - {f.name for f in dataclasses.fields(RopeConfig)}
+    if unknown:
+        raise ConfigError([f"rope.{k} is not a rope setting; see conf/rope/*.yaml for the keys" for k in sorted(unknown)])
+    return RopeConfig(**rope_cfg)
+
+
+_METHOD_FIELD_HINTS = {
+    "rope_theta": "the new base, e.g. 500000",
+    "power": "the exponent k of (1 - 2i/d)^k, e.g. 0.25",
+    "truncation_length": "T in tokens, e.g. the original length / 8",
+    "short_factor": "head_dim / 2 per-dimension factors",
+    "long_factor": "head_dim / 2 per-dimension factors",
+}
+
+
+def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrainedConfig) -> ResolvedRope | None:
+    """Validate `rope_cfg` for this model and bind it, reporting every problem at once.
+
+    Returns None for `rope.type: none` (the model keeps its own positions).
+    """
+    cfg = _as_rope_config(rope_cfg)
+    geometry = ModelGeometry.of(model_config)
+    problems: list[str] = []
+    set_fields = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(RopeConfig)
+        if f.name not in ("type", "factor", "original_max_position_embeddings") and getattr(cfg, f.name) is not None
+    }
+
+    if cfg.type == "none":
+        if set_fields or cfg.factor != 1.0:
+            problems.append(
+                f"rope.type is none but {sorted(set_fields) or ['factor']} is set: pick a method with rope=NAME"
+            )
+        if problems:
+            raise ConfigError(problems)
+        return None
+
+    method = METHODS.get(cfg.type)
+    if method is None:
+        raise ConfigError([f"rope.type={cfg.type!r} is not a known position method; choose one of: none, {', '.join(METHODS)}"])
+
+    if geometry.rotary_dim % 2:
+        problems.append(
+            f"the model's rotary dimension is {geometry.rotary_dim} (head_dim {geometry.head_dim}); RoPE needs an "
+            "even dimension: fix head_dim / partial_rotary_factor in the model config"
+        )
+    if geometry.rope_type != "default":
+        problems.append(
+            f"the base model already uses rope_type={geometry.rope_type!r}; stacking a second method is not "
+            "supported: start from a base with default RoPE or set rope=none"
+        )
+
+    if not math.isfinite(cfg.factor) or cfg.factor < 1:
+        problems.append(f"rope.factor={cfg.factor} must be >= 1 (the extended length / the original length)")
+    length = cfg.original_max_position_embeddings or geometry.max_position_embeddings
+    if length is None:
+        problems.append(
+            "rope.original_max_position_embeddings is missing and the model config has no max_position_embeddings: "
+            "set rope.original_max_position_embeddings to the length the base was trained at"
+        )
+    elif length < 2:
+        problems.append(f"rope.original_max_position_embeddings={length} must be at least 2")
+    elif cfg.factor >= 1 and abs(cfg.factor * length - round(cfg.factor * length)) > 1e-6:
+        problems.append(
+            f"rope.factor={cfg.factor} x original length {length} = {cfg.factor * length} is not a whole number of "
+            "positions: choose a factor that gives an integer extended length"
+        )
+
+    param_names = {f.name for f in dataclasses.fields(method.params)}
+    for name in sorted(set(set_fields) - param_names):
+        readers = sorted(m.name for m in METHODS.values() if name in {f.name for f in dataclasses.fields(m.params)})
+        problems.append(f"rope.{name} is not a parameter of {cfg.type} (read by: {', '.join(readers)}); remove it")
+
+    kwargs: dict[str, Any] = {"factor": float(cfg.factor), "original_max_position_embeddings": length}
+    for f in dataclasses.fields(method.params):
+        if f.name in kwargs:
+            continue
+        value = set_fields.get(f.name)
+        if value is None:
+            if f.default is dataclasses.MISSING:
+                hint = _METHOD_FIELD_HINTS.get(f.name, "")
+                problems.append(f"rope.{f.name} is required for {cfg.type}" + (f" ({hint})" if hint else ""))
+            continue
+        kwargs[f.name] = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    problems += _check_values(cfg.type, kwargs, geometry)
+    if problems:
+        raise ConfigError(problems)
+    return ResolvedRope(method, method.params(**kwargs), geometry.rope_theta, geometry.rotary_dim)
+
+
+def _check_values(rope_type: str, kw: dict[str, Any], geometry: ModelGeometry) -> list[str]:
+    """Range checks on the method's own parameters."""
+    problems = []
+    positive = ("rope_theta", "truncation_length", "attention_factor", "beta_fast", "beta_slow")
+    for name in positive:
+        if name in kw and not kw[name] > 0:
+            problems.append(f"rope.{name}={kw[name]} must be > 0")
+    if "power" in kw and kw["power"] < 0:
+        problems.append(f"rope.power={kw['power']} must be >= 0 (0 leaves the frequencies unchanged)")
+    if rope_type == "yarn" and kw.get("beta_fast", 32.0) <= kw.get("beta_slow", 1.0):
+        problems.append("rope.beta_fast must be larger than rope.beta_slow")
+    if rope_type == "llama3" and kw.get("high_freq_factor", 4.0) <= kw.get("low_freq_factor", 1.0):
+        problems.append("rope.high_freq_factor must be larger than rope.low_freq_factor")
+    for name in ("short_factor", "long_factor"):
+        if name in kw:
+            if len(kw[name]) != geometry.rotary_dim // 2:
+                problems.append(
+                    f"rope.{name} has {len(kw[name])} values; this model needs rotary_dim / 2 = {geometry.rotary_dim // 2}"
+                )
+            if any(not v > 0 for v in kw[name]):
+                problems.append(f"rope.{name} values must all be > 0")
+    if "exempt_layers" in kw and not 0 <= kw["exempt_layers"] < geometry.num_layers:
+        problems.append(
+            f"rope.exempt_layers={kw['exempt_layers']} must be in [0, {geometry.num_layers}) for this "
+            f"{geometry.num_layers}-layer model: at least one layer has to be scaled"
+        )
+    if kw.get("log_scale_length") is not None and kw["log_scale_length"] < 2:
+        problems.append(f"rope.log_scale_length={kw['log_scale_length']} must be at least 2 (ln L > 0)")
+    return problems
+
+
+def apply_rope(model_config: PreTrainedConfig, resolved: ResolvedRope | None) -> PreTrainedConfig:
+    """A copy of `model_config` carrying the method in its portable form (see export.py)."""
+    config = copy.deepcopy(model_config)
+    if resolved is None:
+        return config
+    rope_parameters, max_position = resolved.hf_fields()
+    previous = dict(getattr(model_config, "rope_parameters", None) or {})
+    if "partial_rotary_factor" in previous:
+        rope_parameters["partial_rotary_factor"] = previous["partial_rotary_factor"]
+    config.rope_parameters = rope_parameters
+    config.max_position_embeddings = max_position
+    setattr(config, PROVENANCE_KEY, resolved.provenance())
+    return config
+
+
+def config_served_lengths(config: PreTrainedConfig, tokenizer_max_length: int | None) -> dict[str, int]:
+    """served_lengths() for an in-memory config, read exactly as its saved config.json would be."""
+    return served_lengths(config.to_dict(), tokenizer_max_length)
