@@ -1,0 +1,1 @@
+"""Synthetic retrieval tasks shared by data preparation and evaluation."""

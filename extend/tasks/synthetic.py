@@ -1,0 +1,160 @@
+"""Synthetic retrieval tasks, generated from a seed at a target length in tokens.
+
+Used both as training mix (data_prep) and for evaluation (extend.eval), so the two always agree on the
+protocol. Each item is a prompt that ends where the answer begins, and the answer.
+
+- passkey: the Landmark / LongLoRA protocol. Filler sentences, "The pass key is 12345. Remember it.
+  12345 is the pass key." at a chosen depth, then "What is the pass key? The pass key is".
+- lines: LongChat-Lines. Numbered lines "line <name>: REGISTER_CONTENT is <number>", then a question
+  about one line.
+- kv: key-value retrieval (Liu et al., 2023, "Lost in the Middle"): a JSON object of random hex keys and
+  values, then the value of one key.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PASSKEY_INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there."
+)
+PASSKEY_QUESTION = "What is the pass key? The pass key is"
+_WORDS = (
+    "amber basin cedar delta ember falcon garnet harbor island jasper kettle lantern meadow nectar orchid "
+    "pebble quartz raven saddle timber umber velvet willow yonder zephyr anchor bramble copper dune fable"
+).split()
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    task: str
+    prompt: str
+    answer: str
+    # Tokens in prompt + answer (without special tokens), as the given tokenizer counts them.
+    num_tokens: int
+    target_length: int
+    # Where the needle sits, as a fraction of the filler (None where the task has no single depth).
+    depth: float | None
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _count(tokenizer: Tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _fit(tokenizer: Tokenizer, target: int, build: Callable[[int], tuple[str, str]]) -> tuple[str, str, int]:
+    """The largest n for which build(n) = (prompt, answer) fits in `target` tokens (binary search)."""
+    lo, hi = 0, 1
+    while _count(tokenizer, "".join(build(hi))) <= target:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _count(tokenizer, "".join(build(mid))) <= target:
+            lo = mid
+        else:
+            hi = mid
+    prompt, answer = build(lo)
+    return prompt, answer, _count(tokenizer, prompt + answer)
+
+
+def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int) -> TaskItem:
+    """One passkey item: a 5-digit key at `depth` (0 = start, 1 = end) of the filler."""
+    rng = random.Random(seed)
+    key = rng.randint(10000, 99999)
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+
+    def build(units: int) -> tuple[str, str]:
+        before = round(units * depth)
+        filler_before = " ".join([FILLER] * before)
+        filler_after = " ".join([FILLER] * (units - before))
+        parts = [PASSKEY_INTRO, filler_before, needle, filler_after, PASSKEY_QUESTION]
+        return " ".join(p for p in parts if p), f" {key}"
+
+    prompt, answer, n = _fit(tokenizer, length, build)
+    return TaskItem("passkey", prompt, answer, n, length, depth, seed)
+
+
+def lines(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
+    """One LongChat-Lines item: find the number registered in one named line among many."""
+    rng = random.Random(seed)
+    pool = [(f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}-{i}", rng.randint(10000, 99999)) for i in range(4096)]
+    pick = rng.random()
+
+    def build(n_lines: int) -> tuple[str, str]:
+        n_lines = max(n_lines, 1)
+        chosen = pool[:n_lines]
+        name, value = chosen[min(int(pick * n_lines), n_lines - 1)]
+        body = "\n".join(f"line {nm}: REGISTER_CONTENT is <{v}>" for nm, v in chosen)
+        prompt = (
+            "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
+            "contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each line index, "
+            "memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will ask you to retrieve "
+            f"the corresponding <REGISTER_CONTENT> of a certain line index.\n{body}\n"
+            f"What is the <REGISTER_CONTENT> in line {name}? The <REGISTER_CONTENT> is"
+        )
+        return prompt, f" <{value}>"
+
+    prompt, answer, n = _fit(tokenizer, length, build)
+    return TaskItem("lines", prompt, answer, n, length, pick, seed)
+
+
+def kv(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
+    """One key-value item: the value of one random hex key in a JSON object of such pairs."""
+    rng = random.Random(seed)
+    pool = [(f"{rng.getrandbits(64):016x}", f"{rng.getrandbits(64):016x}") for _ in range(4096)]
+    pick = rng.random()
+
+    def build(n_pairs: int) -> tuple[str, str]:
+        n_pairs = max(n_pairs, 1)
+        chosen = pool[:n_pairs]
+        key, value = chosen[min(int(pick * n_pairs), n_pairs - 1)]
+        body = ", ".join(f'"{k}": "{v}"' for k, v in chosen)
+        prompt = (
+            "Extract the value corresponding to the specified key in the JSON object below.\n"
+            f"{{{body}}}\nKey: \"{key}\"\nThe value associated with the specified key is:"
+        )
+        return prompt, f' "{value}"'
+
+    prompt, answer, n = _fit(tokenizer, length, build)
+    return TaskItem("kv", prompt, answer, n, length, pick, seed)
+
+
+TASKS = ("passkey", "lines", "kv")
+
+
+def cell_seed(seed: int, task: str, length: int, depth: float | None, index: int) -> int:
+    """A seed for one item that depends only on its own cell (string seeding is stable across processes,
+    unlike hash())."""
+    return random.Random(f"{seed}:{task}:{length}:{depth}:{index}").getrandbits(31)
+
+
+def generate(
+    task: str, tokenizer: Tokenizer, lengths: list[int], num_items: int, seed: int,
+    depths: list[float] | None = None,
+) -> list[TaskItem]:
+    """`num_items` items per length (per length x depth for passkey), each seeded from `seed` and its cell,
+    so one cell's items do not change when other lengths or depths are added."""
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; choose one of {', '.join(TASKS)}")
+    items = []
+    for length in lengths:
+        if task == "passkey":
+            for depth in depths or [0.0, 0.25, 0.5, 0.75, 1.0]:
+                for i in range(num_items):
+                    items.append(passkey(tokenizer, length, depth, cell_seed(seed, task, length, depth, i)))
+        else:
+            fn = lines if task == "lines" else kv
+            for i in range(num_items):
+                items.append(fn(tokenizer, length, cell_seed(seed, task, length, None, i)))
+    return items
