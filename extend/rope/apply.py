@@ -168,10 +168,14 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
             continue
         kwargs[f.name] = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
 
-    problems += _check_values(cfg.type, kwargs, geometry)
     if problems:
         raise ConfigError(problems)
-    return ResolvedRope(method, method.params(**kwargs), geometry.rope_theta, geometry.rotary_dim)
+    params = method.params(**kwargs)
+    # Checked on the bound parameters, so the method's own defaults are held to the same rules.
+    problems = _check_values(cfg.type, dataclasses.asdict(params), geometry)
+    if problems:
+        raise ConfigError(problems)
+    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim)
 
 
 def _check_values(rope_type: str, kw: dict[str, Any], geometry: ModelGeometry) -> list[str]:
@@ -179,13 +183,13 @@ def _check_values(rope_type: str, kw: dict[str, Any], geometry: ModelGeometry) -
     problems = []
     positive = ("rope_theta", "truncation_length", "attention_factor", "beta_fast", "beta_slow")
     for name in positive:
-        if name in kw and not kw[name] > 0:
+        if kw.get(name) is not None and not kw[name] > 0:
             problems.append(f"rope.{name}={kw[name]} must be > 0")
     if "power" in kw and kw["power"] < 0:
         problems.append(f"rope.power={kw['power']} must be >= 0 (0 leaves the frequencies unchanged)")
-    if rope_type == "yarn" and kw.get("beta_fast", 32.0) <= kw.get("beta_slow", 1.0):
+    if rope_type == "yarn" and kw["beta_fast"] <= kw["beta_slow"]:
         problems.append("rope.beta_fast must be larger than rope.beta_slow")
-    if rope_type == "llama3" and kw.get("high_freq_factor", 4.0) <= kw.get("low_freq_factor", 1.0):
+    if rope_type == "llama3" and kw["high_freq_factor"] <= kw["low_freq_factor"]:
         problems.append("rope.high_freq_factor must be larger than rope.low_freq_factor")
     for name in ("short_factor", "long_factor"):
         if name in kw:

@@ -19,6 +19,18 @@ def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:,.1f}"
 
 
+def _entropy_lines(resolved) -> list[str]:
+    if resolved.method.name != "entropy_abf":
+        return []
+    p = resolved.params
+    log_length = p.effective_log_scale_length
+    at_end = max(1.0, math.log(resolved.extended_length) / math.log(log_length))
+    return [
+        f"  query scale max(1, ln(m+1) / ln {log_length}) in layers {p.exempt_layers} and up "
+        f"(first {p.exempt_layers} exempt); at m = {resolved.extended_length - 1} it is {at_end:.4f}"
+    ]
+
+
 def rope_report(cfg: ExtendConfig) -> str:
     """Per-dimension wavelengths before and after, the attention factor, the lengths transformers, the
     tokenizer and vLLM will read, and the exact config export writes."""
@@ -37,6 +49,7 @@ def rope_report(cfg: ExtendConfig) -> str:
         f"  rotary dim {resolved.rotary_dim}, base {resolved.base:g}",
         f"  original length L = {length}, factor s = {resolved.params.factor:g} -> extended length {extended}",
         f"  attention factor (scales cos and sin) = {attention:.6f}",
+        *_entropy_lines(resolved),
         "",
         f"  {'dim':>4} {'wavelength before':>18} {'wavelength after':>17} {'after/before':>13} {'turns in L after':>17}",
     ]

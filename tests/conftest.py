@@ -1,0 +1,43 @@
+"""Shared fixtures: Hydra composition and the method settings every rope test walks through."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import extend  # noqa: F401  (registers entropy_abf)
+from extend.config import CONF_DIR
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# One parameter set per method, valid for the tiny presets (rotary dim 16, 64 trained positions).
+METHOD_SETTINGS: dict[str, dict] = {
+    "linear": {"factor": 4},
+    "ntk": {"factor": 4},
+    "dynamic": {"factor": 4},
+    "yarn": {"factor": 4},
+    "llama3": {"factor": 4, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+    "longrope": {
+        "factor": 4,
+        "short_factor": [1.0 + 0.1 * i for i in range(8)],
+        "long_factor": [1.0 + 0.5 * i for i in range(8)],
+    },
+    "abf": {"factor": 4, "rope_theta": 500000.0},
+    "power": {"factor": 4, "power": 0.5},
+    "truncated": {"factor": 4, "truncation_length": 8.0},
+    "entropy_abf": {"factor": 4, "rope_theta": 500000.0, "exempt_layers": 1, "log_scale_length": 64},
+}
+
+
+@pytest.fixture
+def compose_config():
+    """compose_config(*overrides) -> the composed DictConfig, exactly as the CLIs see it."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return _compose
