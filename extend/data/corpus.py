@@ -7,6 +7,7 @@ corpus is deterministic for a given Python version (recorded in the manifest). T
 
 from __future__ import annotations
 
+import os
 import platform
 import sysconfig
 from pathlib import Path
@@ -21,7 +22,10 @@ def stdlib_root() -> Path:
 def stdlib_files() -> list[Path]:
     """Every `.py` file of the standard library except tests and codec tables, in sorted order."""
     root = stdlib_root()
-    files = [p for p in root.rglob("*.py") if not EXCLUDED_DIRS.intersection(p.relative_to(root).parts[:-1])]
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS]  # prune: site-packages alone can be huge
+        files += [Path(folder) / n for n in names if n.endswith(".py")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

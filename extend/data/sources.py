@@ -229,6 +229,11 @@ def _load_synthetic(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource
     seed = synthetic.cell_seed(ctx.seed, name, 0, None, 0)
     items = synthetic.generate(src.task, ctx.tokenizer, list(src.lengths), src.num_items, seed,
                                list(src.depths) if src.depths is not None else None)
+    over = sorted({(item.target_length, item.num_tokens) for item in items if item.num_tokens > item.target_length})
+    if over:
+        target, tokens = over[0]
+        raise SourceError(f"data.sources.{name}.lengths: a {src.task} item needs at least {tokens} tokens with this "
+                          f"tokenizer, more than the target {target}; use lengths of at least {tokens}")
     docs = _limit(((item.prompt, item.answer) for item in items), src)
     return RawSource(name, "qa", docs, _digest(json.dumps(docs)), {"task": src.task, "lengths": list(src.lengths)})
 
