@@ -122,9 +122,10 @@ def _claim(out: Path, existing: dict | None, identity: dict, config: dict, overw
             raise ConfigError([f"data.output_dir={str(out)!r} holds a complete dataset made differently ("
                                + "; ".join(diffs) + "); set data.overwrite=true to replace it or choose another data.output_dir"])
         clear(out)
-    elif run_file.exists():
-        if json.loads(run_file.read_text())["identity"] != identity:
-            clear(out)  # an interrupted run of another config: nothing in it is reusable
+    elif (out / WORK).exists():
+        # An interrupted run: resume it if it had the same identity, else nothing in it is reusable.
+        if not run_file.exists() or json.loads(run_file.read_text())["identity"] != identity:
+            clear(out)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError([f"data.output_dir={str(out)!r} is not empty and was not written by data_prep; "
                            "choose a new or empty folder"])
