@@ -82,13 +82,14 @@ def ours(kind: str, docs: list, tokenizer, length: int, num_proc: int) -> dict:
     """Tokenise, pack (every document once, in a seeded order) and materialise the rows."""
     start = time.perf_counter()
     source = tokenize_source(RawSource("bench", kind, docs, ""), tokenizer, mask_prompt=True, add_bos=False, num_proc=num_proc)
-    order = [(0, int(d)) for d in np.random.default_rng(0).permutation(len(source.lengths))]
+    permutation = np.random.default_rng(0).permutation(len(source.lengths))
+    order = [(0, int(source.offsets[d]), int(source.offsets[d + 1])) for d in permutation]
     if kind == "text":
         rows = source.num_tokens // length
         plan = pack_pretrain(order, [source], length, rows, np.random.default_rng(1))
     else:
-        order = [(s, d) for s, d in order if source.lengths[d] <= length]
-        fitting = int(source.lengths[[d for _, d in order]].sum())
+        order = [(s, a, b) for s, a, b in order if b - a <= length]
+        fitting = sum(b - a for _, a, b in order)
         # as many rows as the conversations fill at 99 %; pack_sft keeps the longest prefix that fits
         rows = int(fitting / length * 0.99)
         plan = pack_sft(order, [source], length, rows, np.random.default_rng(1))

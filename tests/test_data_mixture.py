@@ -35,14 +35,14 @@ def test_upsampling_keeps_the_source_mixture():
     total = 4_000_000
     order = draw_stage(sources, weights, {"books": {1000: 10.0}, "web": {}}, total, max_atomic_length=64, seed=0, stage=0)
     tokens = {n: 0 for n in sources}
-    for s, d in order:
-        tokens[list(sources)[s]] += int(sources[list(sources)[s]].lengths[d])
-    # Each source reaches its quota and overshoots by less than one document.
-    for name, quota in token_quotas(weights, total).items():
-        assert quota <= tokens[name] < quota + int(sources[name].lengths.max())
-    assert abs(tokens["books"] / sum(tokens.values()) - 0.25) < 0.002
+    for s, a, b in order:
+        tokens[list(sources)[s]] += b - a
+    # Text sources meet their quota exactly (the last document is cut), so shares equal weights.
+    assert tokens == token_quotas(weights, total) == {"books": 1_000_000, "web": 3_000_000}
     # upsampling did raise the share of long books
-    long_share = np.mean([sources["books"].lengths[d] >= 1000 for s, d in order if s == 0])
+    books = sources["books"]
+    long_share = np.mean([books.lengths[np.searchsorted(books.offsets, a, side="right") - 1] >= 1000
+                          for s, a, b in order if s == 0])
     assert long_share > 0.9 > np.mean(sources["books"].lengths >= 1000)
 
 
@@ -79,3 +79,14 @@ def test_curriculum_rows_and_token_budgets_are_exact():
 def test_bad_stages_are_reported(stage, message):
     problems = check_curriculum(CurriculumConfig(tokens_per_step=8192, stages=[stage]))
     assert len(problems) == 1 and message in problems[0] and "curriculum.stages[0]" in problems[0]
+
+
+def test_atomic_sources_overshoot_by_less_than_one_document_and_skip_too_long_ones():
+    lengths = np.arange(10, 400)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    chats = TokenizedSource("chats", np.zeros(offsets[-1], np.int32), np.ones(offsets[-1], bool), offsets, True)
+    order = draw_stage({"chats": chats}, {"chats": 1.0}, {"chats": {}}, 100_000, max_atomic_length=128, seed=0, stage=0)
+    spans = [(a, b) for _, a, b in order]
+    assert all(b - a <= 128 for a, b in spans)
+    assert all(a in set(offsets[:-1].tolist()) and b - a in set(lengths.tolist()) for a, b in spans)  # whole documents
+    assert 100_000 <= sum(b - a for a, b in spans) < 100_000 + 128

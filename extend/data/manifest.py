@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 
 from extend.config import ConfigError, ExtendConfig
 
+# Part of every fingerprint: bump it whenever sampling, packing or the shard layout changes, so datasets
+# made by older code are rebuilt instead of being reported up to date.
 FORMAT = "extend-data/1"
 MANIFEST = "manifest.json"
 WORK = ".work"

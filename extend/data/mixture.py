@@ -59,15 +59,18 @@ def draw_documents(lengths: np.ndarray, factors: np.ndarray, quota: int, rng: np
 
 
 def draw_stage(sources: dict[str, TokenizedSource], weights: dict[str, float], upsample: dict[str, dict[int, float]],
-               total_tokens: int, max_atomic_length: int, seed: int, stage: int) -> list[tuple[int, int]]:
-    """(source index, document index) of every document the stage draws, in a seeded random order.
+               total_tokens: int, max_atomic_length: int, seed: int, stage: int) -> list[tuple[int, int, int]]:
+    """Spans (source index, start, stop) of the source's flat token array, one per drawn document, in a seeded
+    random order, holding `total_tokens` split by weight.
 
-    Atomic documents (conversations, task items) longer than `max_atomic_length` are never drawn: they could
-    not be packed without splitting them.
+    A text source's last document is cut where its quota ends, so text sources meet their share exactly
+    (a long-document source would otherwise overshoot by half a document on average). Atomic documents
+    (conversations, task items) are never cut, and those longer than `max_atomic_length` are never drawn:
+    they could not be packed without splitting them.
     """
     names = list(sources)
     quotas = token_quotas({n: weights[n] for n in names if weights[n] > 0}, total_tokens)
-    order = []
+    spans = []
     for s, name in enumerate(names):
         if name not in quotas or quotas[name] == 0:
             continue
@@ -80,6 +83,10 @@ def draw_stage(sources: dict[str, TokenizedSource], weights: dict[str, float], u
             raise ValueError(f"data.sources.{name}: no document fits in a row of {max_atomic_length} tokens "
                              f"(shortest has {int(lengths.min())}); raise the stage length or shorten the documents")
         docs = draw_documents(lengths, factors, quotas[name], source_rng(seed, stage, name))
-        order.extend((s, int(d)) for d in docs)
-    permutation = np.random.default_rng([seed, stage]).permutation(len(order))
-    return [order[i] for i in permutation]
+        drawn = [(s, int(src.offsets[d]), int(src.offsets[d + 1])) for d in docs]
+        if not src.atomic:
+            excess = int(lengths[docs].sum()) - quotas[name]
+            drawn[-1] = (s, drawn[-1][1], drawn[-1][2] - excess)
+        spans.extend(drawn)
+    permutation = np.random.default_rng([seed, stage]).permutation(len(spans))
+    return [spans[i] for i in permutation]

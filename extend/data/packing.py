@@ -1,7 +1,8 @@
 """Pack drawn documents into rows of exactly `length` tokens that keep documents apart.
 
-A row is a list of pieces (source index, start, stop), each a contiguous span of one document in its
-source's flat token array. Materialised, every row carries:
+Packers take the drawn documents as spans (source index, start, stop) of their source's flat token
+array (see mixture.draw_stage). A row is a list of pieces of the same form, each a contiguous span of one
+document. Materialised, every row carries:
 - input_ids, labels: labels are -100 on padding, on non-target tokens (prompts), and on the first token of
   every piece, so no loss term predicts one document's token from another's;
 - position_ids: 0, 1, ... restarting at every piece (and at the padding), which is what keeps attention
@@ -29,12 +30,11 @@ from extend.data.tokenize import TokenizedSource
 Piece = tuple[int, int, int]
 
 
-def pack_pretrain(order: list[tuple[int, int]], sources: list[TokenizedSource], length: int, rows: int,
+def pack_pretrain(order: list[Piece], sources: list[TokenizedSource], length: int, rows: int,
                   rng: np.random.Generator) -> list[list[Piece]]:
-    """The first `rows` rows of the concatenation of `order`, cut every `length` tokens."""
+    """The first `rows` rows of the concatenation of the spans in `order`, cut every `length` tokens."""
     packed, row, free = [], [], length
-    for s, d in order:
-        start, stop = int(sources[s].offsets[d]), int(sources[s].offsets[d + 1])
+    for s, start, stop in order:
         while start < stop:
             take = min(free, stop - start)
             row.append((s, start, start + take))
@@ -81,15 +81,15 @@ def _best_fit_decreasing(pieces: list[Piece], length: int) -> tuple[list[list[Pi
     return bins, free
 
 
-def _fill(bins: list[list[Piece]], free: list[int], text: list[Piece], length: int) -> list[list[Piece]]:
-    """Pour the text pieces, in order, into the bins' free space, then into new rows of `length`; text is
-    cut wherever a row ends (as in pretraining packing)."""
+def _fill(bins: list[list[Piece]], free: list[int], text: list[Piece], length: int, max_rows: int) -> list[list[Piece]]:
+    """Pour the text pieces, in order, into the bins' free space, then into new rows of `length`, up to
+    `max_rows` rows; text is cut wherever a row ends (as in pretraining packing)."""
     rows = [list(b) for b in bins]
     spaces = list(free)
     stream = iter(text)
     piece = next(stream, None)
     r = 0
-    while piece is not None:
+    while piece is not None and r < max_rows:
         if r == len(rows):
             rows.append([])
             spaces.append(length)
@@ -104,7 +104,7 @@ def _fill(bins: list[list[Piece]], free: list[int], text: list[Piece], length: i
     return rows
 
 
-def pack_sft(order: list[tuple[int, int]], sources: list[TokenizedSource], length: int, rows: int,
+def pack_sft(order: list[Piece], sources: list[TokenizedSource], length: int, rows: int,
              rng: np.random.Generator) -> list[list[Piece]]:
     """Atomic documents by best-fit decreasing, text poured into the gaps and then into full rows; of the
     drawn order, the longest prefix that fits in `rows` rows; rows in a seeded random order.
@@ -115,8 +115,7 @@ def pack_sft(order: list[tuple[int, int]], sources: list[TokenizedSource], lengt
     """
     units: list[Piece] = []
     is_atomic: list[bool] = []
-    for s, d in order:
-        start, stop = int(sources[s].offsets[d]), int(sources[s].offsets[d + 1])
+    for s, start, stop in order:
         if sources[s].atomic:
             assert stop - start <= length, "draw_stage never draws an atomic document longer than a row"
             units.append((s, start, stop))
@@ -148,11 +147,13 @@ def pack_sft(order: list[tuple[int, int]], sources: list[TokenizedSource], lengt
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if rows_needed(mid) <= rows else (lo, mid)
-    packed = _fill(*pack(lo), length)
+    # The text after the prefix tops up the last row (text can be cut anywhere).
+    bins, free, text = pack(lo)
+    packed = _fill(bins, free, text + [u for u, a in zip(units[lo:], is_atomic[lo:]) if not a], length, rows)
     if len(packed) < rows:
         # BFD is not monotone in its input: on the rare prefix that leaves a row empty, pack one more
         # unit and drop the emptiest row instead.
-        packed = _fill(*pack(lo + 1), length)
+        packed = _fill(*pack(lo + 1), length, rows + 1)
         fill = [sum(b - a for _, a, b in row) for row in packed]
         packed = [packed[i] for i in sorted(sorted(range(len(packed)), key=lambda i: (-fill[i], i))[:rows])]
     return [packed[i] for i in rng.permutation(len(packed))]

@@ -177,7 +177,7 @@ def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[st
     return _stage_report(plan, rows, order, sources, names, shards)
 
 
-def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[tuple[int, int]], sources: list[TokenizedSource],
+def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], sources: list[TokenizedSource],
                   names: list[str], shards: list[dict]) -> dict:
     real, target, docs = np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64)
     cum_targets = [np.concatenate([[0], np.cumsum(s.targets, dtype=np.int64)]) for s in sources]
@@ -189,8 +189,8 @@ def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[tuple[in
             target[s] += cum_targets[s][b] - cum_targets[s][a] - int(sources[s].targets[a])
             docs[s] += a in starts[s]
     drawn = {n: [] for n in names}
-    for s, d in order:
-        drawn[names[s]].append(int(sources[s].lengths[d]))
+    for s, a, b in order:
+        drawn[names[s]].append(b - a)
     return {
         "index": plan.index, "folder": plan.folder, "length": plan.length, "steps": plan.steps,
         "rows_per_step": plan.rows_per_step, "rows": plan.rows, "tokens": plan.tokens,
