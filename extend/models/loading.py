@@ -12,11 +12,19 @@ from extend.models.presets import PRESETS
 from extend.rope.entropy import entropy_attention_name, uses_entropy_abf
 
 
-def load_base_config(model: ModelConfig) -> PreTrainedConfig:
-    """The base model's config, without weights: a preset, a local folder, or a Hub id."""
+def load_base_config(model: ModelConfig, tokenizer=None) -> PreTrainedConfig:
+    """The base model's config, without weights: a preset, a local folder, or a Hub id.
+
+    A preset (random weights) takes its vocabulary size and special tokens from `tokenizer` when given.
+    """
     name = model.name_or_path
     if name in PRESETS:
-        return PRESETS[name]()
+        config = PRESETS[name]()
+        if tokenizer is not None:
+            config.vocab_size = len(tokenizer)
+            config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+            config.pad_token_id = tokenizer.pad_token_id
+        return config
     path = Path(name).expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError([f"model.name_or_path={name!r} is a file; give the model's folder"])
@@ -32,6 +40,33 @@ def load_base_config(model: ModelConfig) -> PreTrainedConfig:
                 "(download it first with `hf download ID` where the Hub is reachable)"
             ]
         ) from err
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError([f"model.dtype={name!r}: choose one of {', '.join(DTYPES)}"])
+    return DTYPES[name]
+
+
+def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0) -> PreTrainedModel:
+    """The base model's weights under `config` (which already carries the position method).
+
+    Presets are randomly initialised from `seed`; folders and Hub ids load their weights.
+    """
+    dtype = torch_dtype(model.dtype)
+    if model.name_or_path in PRESETS:
+        return build_random(config, model.attn_implementation, seed=seed, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        str(Path(model.name_or_path).expanduser()) if Path(model.name_or_path).expanduser().exists() else model.name_or_path,
+        config=config,
+        dtype=dtype,
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        attn_implementation=attention_for(config, model.attn_implementation),
+    )
 
 
 def attention_for(config: PreTrainedConfig, requested: str) -> str:
