@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import MISSING
+
 from hydra.core.config_store import ConfigStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +126,102 @@ class TrainConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One source of documents in the data mixture; the key it is listed under in `data.sources` names it.
+
+    Each type reads only some fields (see `extend/data/sources.py`); setting a field the type does not read
+    is an error, so a misplaced option never silently does nothing.
+    """
+
+    # stdlib (the built-in corpus: this Python's standard library sources), text (plain-text files),
+    # jsonl, parquet, hf (a Hugging Face dataset by name), synthetic (extend/tasks/synthetic.py).
+    type: str = "text"
+    # text/jsonl/parquet: a file or glob (`**` allowed), relative to the working directory.
+    # hf: the dataset's Hub id or a local dataset folder.
+    path: str | None = None
+    # jsonl/parquet/hf: what a record holds. text: a string in `text_field`; chat: a list of
+    # {role, content} messages in `messages_field`, rendered with the tokenizer's chat template.
+    format: str = "text"
+    text_field: str = "text"
+    messages_field: str = "messages"
+    # chat and synthetic: train only on assistant turns / the answer (labels are -100 elsewhere).
+    mask_prompt: bool = True
+    # hf: the dataset config name, split and revision; streaming reads records lazily (large sets;
+    # combine with max_documents), otherwise the dataset is loaded through the local cache.
+    subset: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    streaming: bool = False
+    # Any type: keep only the first N documents (in the source's own, deterministic order).
+    max_documents: int | None = None
+    # Mixture weight: the source's share of every stage's tokens is weight / sum of weights (a sampling
+    # proportion, not a repeat factor; the manifest reports both). 0 leaves the source out.
+    weight: float = 1.0
+    # Length upsampling: {minimum document length in tokens: factor}. A document is drawn with probability
+    # proportional to the factor of the largest key <= its length (1.0 below the smallest key), so
+    # {0: 1, 4096: 4} makes documents of >= 4096 tokens 4x as likely per document as shorter ones.
+    # It reshapes lengths within the source; the source's share of tokens stays its weight.
+    upsample: dict[int, float] = field(default_factory=dict)
+    # synthetic: which task (passkey, lines, kv), the target lengths in tokens, items per length
+    # (per length x depth for passkey), and the needle depths for passkey (None = 0, .25, .5, .75, 1).
+    task: str | None = None
+    lengths: list[int] = field(default_factory=list)
+    num_items: int = 16
+    depths: list[float] | None = None
+
+
+@dataclass
+class DataConfig:
+    """Long-sample data preparation (`python -m data_prep`): sources, tokenizer, packing, output."""
+
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    # A tokenizer folder, a Hub id in the local cache, or `tiny` (byte-level BPE trained on the built-in
+    # corpus, cached under cache_dir). It must have an EOS token: EOS ends every document.
+    tokenizer: str = "tiny"
+    # Prepend the tokenizer's BOS token to every document (models pretrained that way, e.g. Llama).
+    add_bos: bool = False
+    # pretrain: concatenate documents and cut rows at exactly the sequence length (documents may be split).
+    # sft: best-fit decreasing into rows, never splitting a conversation or synthetic item (plain text
+    # longer than a row is cut into row-sized pieces first); rows may end in padding.
+    packing: str = "pretrain"
+    # Seed of document sampling, packing order and synthetic items (separate from the training seed, so
+    # changing that does not invalidate the dataset).
+    seed: int = 0
+    # Rows per parquet shard; the unit of resumption after an interruption.
+    rows_per_shard: int = 1024
+    # Worker processes for tokenisation (1 = in this process, where the Rust tokenizer uses its own threads).
+    num_proc: int = 1
+    # The dataset folder (shards + manifest.json) that training reads.
+    output_dir: str = "data/${run_name}"
+    # Replace an existing complete dataset that was made from a different config.
+    overwrite: bool = False
+    # Where the `tiny` tokenizer is cached.
+    cache_dir: str = "~/.cache/extend"
+
+
+@dataclass
+class StageConfig:
+    """One curriculum stage: its sequence length and its length in optimizer steps or tokens (one of them)."""
+
+    length: int = MISSING
+    steps: int | None = None
+    # Tokens in the stage; must be a multiple of curriculum.tokens_per_step.
+    tokens: int | None = None
+
+
+@dataclass
+class CurriculumConfig:
+    """Ordered sequence-length stages with a constant token budget per optimizer step.
+
+    A stage at length L has tokens_per_step / L rows per step (it must divide), so every step sees the
+    same number of token slots whatever the stage. Training reads each stage's rows in the stored order.
+    """
+
+    tokens_per_step: int = 16384
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(length=2048, steps=100)])
+
+
+@dataclass
 class ExtendConfig:
     """The composed config of one run."""
 
@@ -134,6 +232,8 @@ class ExtendConfig:
     rope: RopeConfig = field(default_factory=RopeConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 def register_configs() -> None:

@@ -1,0 +1,238 @@
+"""`prepare(cfg)`: the whole data preparation, top to bottom.
+
+    check the config -> load the tokenizer -> read the sources      (every bad input fails here)
+    -> decide what the output folder holds (up to date / resume / fresh)
+    -> tokenise each source (cached in .work/ for a resumed run)
+    -> per curriculum stage: draw documents, pack rows, write shards
+    -> manifest.json last, then the summary table
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from extend.config import ConfigError, DataConfig, ExtendConfig
+from extend.data.corpus import python_version
+from extend.data.curriculum import StagePlan, check_curriculum, plan_stages
+from extend.data.manifest import (
+    FORMAT, MANIFEST, WORK, clear, config_differences, dataset_config, file_sha256, fingerprint, read_manifest,
+    write_json_atomically, write_shard,
+)
+from extend.data.mixture import draw_stage
+from extend.data.packing import DRAW_MARGIN, PACKERS, Piece, materialize
+from extend.data.report import length_histogram, summary
+from extend.data.sources import LoadContext, RawSource, SourceError, check_sources, load_source
+from extend.data.tokenize import TokenizedSource, tokenize_source
+from extend.models.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+MIXTURE_SEMANTICS = (
+    "weight is a sampling proportion: a source supplies weight / sum(weights) of every stage's tokens "
+    "(planned_share); actual_share is what the packed rows hold; repeat_factor = tokens in rows over all stages / "
+    "unique tokens of the source (above 1: documents repeat). upsample factors weight each document's draw "
+    "probability by its length bucket, inside its source."
+)
+
+
+def check_data(data: DataConfig) -> list[str]:
+    """Problems in the top-level `data` keys (sources are checked by check_sources)."""
+    problems = []
+    if data.packing not in PACKERS:
+        problems.append(f"data.packing={data.packing!r} is unknown; choose one of {', '.join(PACKERS)}")
+    if data.num_proc < 1:
+        problems.append(f"data.num_proc={data.num_proc} must be >= 1")
+    if data.rows_per_shard < 1:
+        problems.append(f"data.rows_per_shard={data.rows_per_shard} must be >= 1")
+    if data.seed < 0:
+        problems.append(f"data.seed={data.seed} must be >= 0")
+    return problems
+
+
+def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
+    """Write the dataset `cfg` describes to `cfg.data.output_dir` (or find it already there); its path."""
+    data = cfg.data
+    problems = check_data(data) + check_sources(data.sources) + check_curriculum(cfg.curriculum)
+    if problems:
+        raise ConfigError(problems)
+    tokenizer = load_tokenizer(data.tokenizer, data.cache_dir)
+    names = sorted(n for n, s in data.sources.items() if s.weight > 0)
+    raws = _read_sources(data, names, tokenizer)
+
+    config = dataset_config(cfg)
+    identity = {
+        "config_fingerprint": fingerprint(config),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "inputs_fingerprint": fingerprint({n: raws[n].digest for n in names}),
+    }
+    out = Path(data.output_dir)
+    existing = read_manifest(out)
+    if existing is not None and all(existing[k] == v for k, v in identity.items()):
+        shutil.rmtree(out / WORK, ignore_errors=True)
+        log(f"{out}: up to date with this config, nothing to do")
+        return out
+    _claim(out, existing, identity, config, data.overwrite)
+
+    sources = _tokenize(raws, names, data, tokenizer, out / WORK)
+    stages = [_write_stage(plan, sources, names, data, tokenizer, out) for plan in plan_stages(cfg.curriculum)]
+    manifest = _manifest(identity, config, data, cfg.curriculum.tokens_per_step, tokenizer, raws, sources, stages)
+    write_json_atomically(manifest, out / MANIFEST)
+    shutil.rmtree(out / WORK)
+    log(summary(manifest))
+    log(f"dataset written to {out}")
+    return out
+
+
+def _read_sources(data: DataConfig, names: list[str], tokenizer) -> dict[str, RawSource]:
+    """Every source's documents; every unreadable or empty source is reported at once."""
+    problems, raws = [], {}
+    needs_template = [n for n in names if data.sources[n].format == "chat" and data.sources[n].type in ("jsonl", "parquet", "hf")]
+    if needs_template and tokenizer.chat_template is None:
+        raise ConfigError([f"data.sources.{n}: format chat needs a chat template, and data.tokenizer="
+                           f"{data.tokenizer!r} has none" for n in needs_template])
+    ctx = LoadContext(tokenizer=tokenizer, seed=data.seed)
+    for name in names:
+        try:
+            raw = load_source(name, data.sources[name], ctx)
+        except SourceError as err:
+            problems.append(str(err))
+            continue
+        if not raw.docs:
+            problems.append(f"data.sources.{name} ({data.sources[name].type}, path={data.sources[name].path!r}) holds "
+                            "no documents (every file or record is empty); fix the input or remove the source")
+        raws[name] = raw
+    if problems:
+        raise ConfigError(problems)
+    return raws
+
+
+def _claim(out: Path, existing: dict | None, identity: dict, config: dict, overwrite: bool) -> None:
+    """Make `out` ready for this run: resume a matching interrupted run, or start clean."""
+    run_file = out / WORK / "run.json"
+    if existing is not None:
+        if not overwrite:
+            diffs = config_differences(existing["config"], config)
+            diffs += [k.replace("_fingerprint", " changed") for k in identity if k != "config_fingerprint"
+                      and existing[k] != identity[k]]
+            raise ConfigError([f"data.output_dir={str(out)!r} holds a complete dataset made differently ("
+                               + "; ".join(diffs) + "); set data.overwrite=true to replace it or choose another data.output_dir"])
+        clear(out)
+    elif run_file.exists():
+        if json.loads(run_file.read_text())["identity"] != identity:
+            clear(out)  # an interrupted run of another config: nothing in it is reusable
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError([f"data.output_dir={str(out)!r} is not empty and was not written by data_prep; "
+                           "choose a new or empty folder"])
+    (out / WORK).mkdir(parents=True, exist_ok=True)
+    if not run_file.exists():
+        write_json_atomically({"identity": identity, "config": config}, run_file)
+
+
+def _tokenize(raws: dict[str, RawSource], names: list[str], data: DataConfig, tokenizer, work: Path) -> list[TokenizedSource]:
+    """Tokenised sources in `names` order; each is cached in `work` so a resumed run skips it."""
+    out = []
+    for i, name in enumerate(names):
+        cache = work / f"tokens-{i:03d}.npz"
+        if cache.exists():
+            out.append(TokenizedSource.load(name, cache))
+            continue
+        tokenized = tokenize_source(raws[name], tokenizer, mask_prompt=data.sources[name].mask_prompt,
+                                    add_bos=data.add_bos, num_proc=data.num_proc)
+        tmp = work / f"tokens-{i:03d}.tmp.npz"
+        tokenized.save(tmp)
+        os.replace(tmp, cache)
+        out.append(tokenized)
+    return out
+
+
+def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[str], data: DataConfig, tokenizer,
+                 out: Path) -> dict:
+    """Draw, pack and write one stage (skipping shards a previous run of the same config wrote); its report."""
+    by_name = dict(zip(names, sources))
+    try:
+        order = draw_stage(by_name, {n: data.sources[n].weight for n in names},
+                           {n: dict(data.sources[n].upsample) for n in names},
+                           int(plan.tokens * DRAW_MARGIN[data.packing]) + plan.length, plan.length,
+                           data.seed, plan.index)
+    except ValueError as err:
+        raise ConfigError([f"curriculum stage {plan.index} (length {plan.length}): {err}"]) from err
+    rows = PACKERS[data.packing](order, sources, plan.length, plan.rows, np.random.default_rng([data.seed, plan.index, 1]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    folder = out / plan.folder
+    folder.mkdir(exist_ok=True)
+    shards = []
+    for k, start in enumerate(tqdm(range(0, plan.rows, data.rows_per_shard), desc=f"write {plan.folder}", unit="shard",
+                                   leave=False)):
+        path = folder / f"part-{k:05d}.parquet"
+        chunk = rows[start : start + data.rows_per_shard]
+        if not path.exists():
+            write_shard(materialize(chunk, sources, plan.length, pad), path)
+        shards.append({"file": path.relative_to(out).as_posix(), "rows": len(chunk), "sha256": file_sha256(path)})
+    return _stage_report(plan, rows, order, sources, names, shards)
+
+
+def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[tuple[int, int]], sources: list[TokenizedSource],
+                  names: list[str], shards: list[dict]) -> dict:
+    real, target, docs = np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64)
+    cum_targets = [np.concatenate([[0], np.cumsum(s.targets, dtype=np.int64)]) for s in sources]
+    starts = [set(s.offsets[:-1].tolist()) for s in sources]
+    for row in rows:
+        for s, a, b in row:
+            real[s] += b - a
+            # The first token of every piece has no label (see packing.py).
+            target[s] += cum_targets[s][b] - cum_targets[s][a] - int(sources[s].targets[a])
+            docs[s] += a in starts[s]
+    drawn = {n: [] for n in names}
+    for s, d in order:
+        drawn[names[s]].append(int(sources[s].lengths[d]))
+    return {
+        "index": plan.index, "folder": plan.folder, "length": plan.length, "steps": plan.steps,
+        "rows_per_step": plan.rows_per_step, "rows": plan.rows, "tokens": plan.tokens,
+        "real_tokens": int(real.sum()), "target_tokens": int(target.sum()),
+        "efficiency": round(float(real.sum()) / plan.tokens, 6),
+        "sources": {n: {"documents_started": int(docs[i]), "tokens": int(real[i]), "target_tokens": int(target[i]),
+                        "too_long_skipped": int((sources[i].lengths > plan.length).sum()) if sources[i].atomic else 0,
+                        "drawn_length_histogram": length_histogram(np.array(drawn[n], dtype=np.int64))}
+                    for i, n in enumerate(names)},
+        "shards": shards,
+    }
+
+
+def _manifest(identity: dict, config: dict, data: DataConfig, tokens_per_step: int, tokenizer,
+              raws: dict[str, RawSource], sources: list[TokenizedSource], stages: list[dict]) -> dict:
+    names = [s.name for s in sources]
+    total_weight = sum(data.sources[n].weight for n in names)
+    all_real = sum(st["real_tokens"] for st in stages)
+    source_reports = {}
+    for src in sources:
+        n = src.name
+        in_rows = sum(st["sources"][n]["tokens"] for st in stages)
+        source_reports[n] = {
+            "type": data.sources[n].type, "kind": raws[n].kind, "info": raws[n].info,
+            "documents": len(src.lengths), "unique_tokens": src.num_tokens,
+            "weight": data.sources[n].weight,
+            "sampling_proportion": round(data.sources[n].weight / total_weight, 6),
+            "actual_share": round(in_rows / all_real, 6),
+            "repeat_factor": round(in_rows / src.num_tokens, 6),
+            "too_long_for_stage": "/".join(str(st["sources"][n]["too_long_skipped"]) for st in stages),
+            "length_histogram": length_histogram(src.lengths),
+        }
+    return {
+        "format": FORMAT, **identity, "config": config, "python_version": python_version(),
+        "tokenizer": {"name": data.tokenizer, "fingerprint": identity["tokenizer_fingerprint"],
+                      "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                      "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        "packing": data.packing, "tokens_per_step": tokens_per_step, "mixture_semantics": MIXTURE_SEMANTICS,
+        "columns": {
+            "input_ids": "token ids, one row = one sequence of the stage's length",
+            "labels": "targets; -100 on prompts, padding and the first token of every document piece",
+            "position_ids": "0, 1, ... restarting at every document piece and at the padding",
+            "seq_lens": "lengths of the row's document pieces then its padding; they sum to the row length",
+        },
+        "sources": source_reports, "stages": stages,
+    }
