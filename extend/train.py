@@ -29,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
 from extend.config import CONF_DIR, ConfigError, ExtendConfig
-from extend.models import load_base_config, load_base_model, save_extended
+from extend.models import attention_for, load_base_config, load_base_model, save_extended
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import TrainState, load_latest, save_checkpoint
@@ -134,6 +135,9 @@ def setup(cfg: ExtendConfig) -> Run:
     addressable = config_served_lengths(model_config, None)["transformers"]
     adapter = build_adapter(cfg.adapter)
     problems = check_training(cfg, accelerator.num_processes, addressable)
+    # The adapter checks module names on a weightless copy of the model (meta device): no memory, no I/O.
+    with torch.device("meta"):
+        problems += adapter.check(AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa")))
     if problems:
         raise ConfigError(problems)
     manifest = verify_dataset(cfg.data.output_dir, cfg, tokenizer)
