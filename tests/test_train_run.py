@@ -116,7 +116,7 @@ def test_batch_one_times_accumulation_four_equals_batch_four(make_config, tmp_pa
     "overrides,message",
     [
         (["data.seed=7"], "was made from a different config"),
-        (["rope=none"], "curriculum.stages[1].length=128 is longer than the 64 positions"),
+        (["rope.type=none", "rope.factor=1"], "curriculum.stages[1].length=128 is longer than the 64 positions"),
         (["model=hf", "model.name_or_path=./no/such/model"], "does not exist"),
         (["adapter.target_modules=[qq_proj]"], "adapter.target_modules ['qq_proj'] do not exist in LlamaForCausalLM"),
         (["train.micro_batch_size=3"], "do not split into micro-batches of 3"),
