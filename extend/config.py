@@ -207,6 +207,9 @@ class StageConfig:
     steps: int | None = None
     # Tokens in the stage; must be a multiple of curriculum.tokens_per_step.
     tokens: int | None = None
+    # The RoPE base during this stage (EasyContext raises it with the length); abf / entropy_abf only.
+    # The last stage's base, when set, must equal rope.rope_theta, which is what the export carries.
+    rope_theta: float | None = None
 
 
 @dataclass

@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
 from extend.config import CONF_DIR, ConfigError, ExtendConfig
-from extend.models import attention_for, load_base_config, load_base_model, save_extended
+from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import TrainState, load_latest, save_checkpoint
@@ -103,6 +103,15 @@ def check_training(cfg: ExtendConfig, world_size: int, addressable: int) -> list
         problems.append(f"train.resume={t.resume!r}: choose auto (continue the newest checkpoint) or never")
     if t.micro_batch_size < 1 or t.learning_rate <= 0 or t.keep_checkpoints < 1:
         problems.append("train.micro_batch_size and train.keep_checkpoints must be >= 1, train.learning_rate > 0")
+    stage_bases = [s.rope_theta for s in cfg.curriculum.stages]
+    if any(b is not None for b in stage_bases):
+        if cfg.rope.type not in ("abf", "entropy_abf"):
+            problems.append(f"curriculum.stages[].rope_theta needs rope.type abf or entropy_abf, not {cfg.rope.type!r}")
+        elif stage_bases[-1] is not None and stage_bases[-1] != cfg.rope.rope_theta:
+            problems.append(
+                f"the last curriculum stage's rope_theta={stage_bases[-1]} differs from rope.rope_theta="
+                f"{cfg.rope.rope_theta}, which the export carries: make them equal"
+            )
     for i, stage in enumerate(cfg.curriculum.stages):
         rows = cfg.curriculum.tokens_per_step // stage.length
         if rows % (t.micro_batch_size * world_size):
@@ -116,6 +125,14 @@ def check_training(cfg: ExtendConfig, world_size: int, addressable: int) -> list
                 "addresses with this rope config: raise rope.factor or shorten the stage"
             )
     return problems
+
+
+def stage_rope_theta(cfg: ExtendConfig, index: int) -> float | None:
+    """The RoPE base of curriculum stage `index`: its own, else rope.rope_theta; None when no stage sets one."""
+    bases = [s.rope_theta for s in cfg.curriculum.stages]
+    if all(b is None for b in bases):
+        return None
+    return bases[index] if bases[index] is not None else cfg.rope.rope_theta
 
 
 def setup(cfg: ExtendConfig) -> Run:
@@ -206,6 +223,9 @@ def fit(run: Run) -> None:
     progress = tqdm(total=run.total_steps, initial=state.step, desc="train", disable=not acc.is_main_process)
     for stage in run.stages[state.stage :]:
         rows = StageRows(stage)
+        stage_base = stage_rope_theta(cfg, stage.index)
+        if stage_base is not None:
+            set_rope_theta(acc.unwrap_model(run.model).causal_lm, stage_base)
         while state.stage_step < stage.steps and state.step < run.total_steps:
             started = time.perf_counter()
             loss = train_step(run, rows.step_rows(state.stage_step))

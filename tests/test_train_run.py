@@ -134,3 +134,18 @@ def test_cli_rejects_an_unknown_recipe_and_key():
     for args, message in ((["recipe=no_such_recipe"], "Could not find 'recipe/no_such_recipe'"), (["train.learning_rat=1"], "train.learning_rat")):
         proc = subprocess.run([sys.executable, "extend/train.py", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1500:]
+
+
+def test_per_stage_rope_base(make_config):
+    """EasyContext-style: a smaller base in the short stage; the last stage and the export use rope.rope_theta."""
+    cfg = make_config(
+        "rope=abf", "rope.rope_theta=80000", "train.checkpoint_every=0",
+        "curriculum.stages=[{length: 64, steps: 3, rope_theta: 20000}, {length: 128, steps: 3}]",
+    )
+    final = train(cfg)
+    assert json.loads((final / "config.json").read_text())["rope_parameters"]["rope_theta"] == 80000.0
+    wrong = make_config("rope=abf", "rope.rope_theta=80000", "curriculum.stages=[{length: 64, steps: 3}, {length: 128, steps: 3, rope_theta: 20000}]")
+    with pytest.raises(ConfigError, match="differs from rope.rope_theta=80000.0"):
+        train(wrong)
+    with pytest.raises(ConfigError, match="needs rope.type abf or entropy_abf"):
+        train(make_config("curriculum.stages=[{length: 64, steps: 3, rope_theta: 20000}, {length: 128, steps: 3}]"))

@@ -21,7 +21,7 @@ def _recompute(module: nn.Module) -> None:
     """Frequencies from the module's config, in float32, on the buffer's device."""
     device = module.inv_freq.device
     init = module.compute_default_rope_parameters if module.rope_type == "default" else ROPE_INIT_FUNCTIONS[module.rope_type]
-    inv_freq, module.attention_scaling = init(module.config, device)
+    inv_freq, module.attention_scaling = init(module.config, device=device)
     module.inv_freq = inv_freq.to(device=device, dtype=torch.float32)
     module.original_inv_freq = module.inv_freq.clone()
 
