@@ -10,6 +10,7 @@ Also runs as `python extend/train.py ...` or `python -m extend.train ...`. Reads
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import hashlib
 import json
 import shutil
@@ -135,12 +136,47 @@ def stage_rope_theta(cfg: ExtendConfig, index: int) -> float | None:
     return bases[index] if bases[index] is not None else cfg.rope.rope_theta
 
 
+# train.tracker -> the package accelerate needs for it.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def tracker_for(name: str) -> str | None:
+    """The accelerate tracker to log to. TensorBoard is the default only where it is installed."""
+    if name == "none":
+        return None
+    if name not in TRACKERS:
+        raise ConfigError([f"train.tracker={name!r} is unknown; choose none, {', '.join(TRACKERS)}"])
+    if importlib.util.find_spec(TRACKERS[name]) is None:
+        if name == "tensorboard":
+            print("train.tracker=tensorboard: tensorboard is not installed, logging to the console only "
+                  "(pip install tensorboard, or set train.tracker=none to silence this)", file=sys.stderr)
+            return None
+        raise ConfigError([f"train.tracker={name}: the {TRACKERS[name]} package is not installed (pip install {TRACKERS[name]})"])
+    return name
+
+
+def flat_config(cfg: ExtendConfig) -> dict[str, str | int | float | bool]:
+    """The config as flat scalars, for trackers' hyperparameter tables."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value if isinstance(value, (str, int, float, bool)) else str(value)
+
+    walk("", asdict(cfg))
+    return flat
+
+
 def setup(cfg: ExtendConfig) -> Run:
     # Imported here: data_prep's modules pull in pyarrow and the tokenizer stack.
     from extend.data.manifest import verify_dataset
     from extend.models.tokenizer import load_tokenizer
 
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    tracker = tracker_for(cfg.train.tracker)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=tracker, project_dir=cfg.output_dir)
     set_seed(cfg.seed)
     run_dir = Path(cfg.output_dir)
 
@@ -191,6 +227,8 @@ def setup(cfg: ExtendConfig) -> Run:
         state = checkpoint.state
         accelerator.print(f"resumed from {checkpoint.folder} (step {state.step})")
 
+    if tracker is not None:
+        accelerator.init_trackers(cfg.run_name, config=flat_config(cfg))
     wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
     return Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, manifest, run_dir)
 
@@ -241,7 +279,9 @@ def fit(run: Run) -> None:
                     state.step, run.total_steps, stage.index, len(run.stages), stage.length, loss,
                     run.scheduler.get_last_lr()[0], stage.rows_per_step * stage.length / elapsed, peak_memory_gb(),
                 )
-                progress.write(log.line()) if acc.is_main_process else None
+                if acc.is_main_process:
+                    progress.write(log.line())
+                acc.log(log.metrics(), step=state.step)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 checkpoint(run)
         if state.step >= run.total_steps:
@@ -298,7 +338,9 @@ def train(cfg: ExtendConfig) -> Path:
     """The whole run for a composed, typed config; returns the export folder."""
     run = setup(cfg)
     fit(run)
-    return export(run)
+    final = export(run)
+    run.accelerator.end_training()
+    return final
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

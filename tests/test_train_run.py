@@ -149,3 +149,12 @@ def test_per_stage_rope_base(make_config):
         train(wrong)
     with pytest.raises(ConfigError, match="needs rope.type abf or entropy_abf"):
         train(make_config("curriculum.stages=[{length: 64, steps: 3, rope_theta: 20000}, {length: 128, steps: 3}]"))
+
+
+def test_tensorboard_tracker_logs_every_step(make_config):
+    cfg = make_config("train.tracker=tensorboard", "train.checkpoint_every=0", "train.max_steps=2")
+    final = train(cfg)
+    events = list(final.parent.rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    with pytest.raises(ConfigError, match="train.tracker='nope' is unknown"):
+        train(make_config("train.tracker=nope"))
