@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The base model: a preset built from a config (`tiny-llama`, ...), a local folder, or a Hub id."""
+    """The base model: a preset built from a config (`tiny-llama`, ...), `tiny-base` (pretrained by this
+    project, built once and cached), a local folder, or a Hub id."""
 
     name_or_path: str = "tiny-llama"
     # torch dtype the weights are loaded in; RoPE angles are computed in float32 regardless.
@@ -40,6 +41,8 @@ class ModelConfig:
     revision: str | None = None
     # Remote code runs arbitrary Python from the model repository: opt in explicitly.
     trust_remote_code: bool = False
+    # Where bases this project builds itself (`tiny-base`) are cached.
+    cache_dir: str = "~/.cache/extend"
 
 
 @dataclass
