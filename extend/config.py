@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The base model: a preset built from a config (`tiny-llama`, ...), a local folder, or a Hub id."""
+    """The base model: a preset built from a config (`tiny-llama`, ...), `tiny-base` (pretrained by this
+    project, built once and cached), a local folder, or a Hub id."""
 
     name_or_path: str = "tiny-llama"
     # torch dtype the weights are loaded in; RoPE angles are computed in float32 regardless.
@@ -40,6 +41,8 @@ class ModelConfig:
     revision: str | None = None
     # Remote code runs arbitrary Python from the model repository: opt in explicitly.
     trust_remote_code: bool = False
+    # Where bases this project builds itself (`tiny-base`) are cached.
+    cache_dir: str = "~/.cache/extend"
 
 
 @dataclass
@@ -75,6 +78,54 @@ class RopeConfig:
     # entropy_abf: L in max(1, ln(m+1) / ln L) and the number of first layers left unscaled.
     log_scale_length: int | None = None
     exempt_layers: int | None = None
+
+
+@dataclass
+class AdapterConfig:
+    """What trains: `lora` (peft) or `full`."""
+
+    type: str = "lora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # LongLoRA: long-context LoRA also needs trainable input embeddings and norms; they are saved with
+    # the adapter, restored on resume and merged at export.
+    train_embeddings: bool = False
+    train_norms: bool = False
+    # QLoRA: load the frozen base in 4-bit NF4 or 8-bit through bitsandbytes (null = not quantised).
+    quantize: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (extend/train.py). Rows per optimizer step come from the curriculum:
+    tokens_per_step / stage length, split into micro-batches of `micro_batch_size` rows per process."""
+
+    micro_batch_size: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # constant, linear or cosine decay to min_lr_ratio x learning_rate after warmup_steps of linear warmup.
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    # no, bf16 or fp16 (accelerate autocast; RoPE angles stay float32 either way).
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    # Tokens per cross-entropy chunk; full-sequence logits are never built. 0 = one chunk (reference).
+    loss_chunk_size: int = 1024
+    log_every: int = 1
+    # Checkpoint every N optimizer steps (0 = only the final export); keep the newest K.
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    # auto: continue from the newest complete checkpoint in the run folder; never: refuse to reuse one.
+    resume: str = "auto"
+    # tensorboard (when installed), wandb, mlflow, or none.
+    tracker: str = "tensorboard"
+    # Stop after this many optimizer steps of the curriculum (null = all of it); for smoke runs.
+    max_steps: int | None = None
 
 
 @dataclass
@@ -159,6 +210,9 @@ class StageConfig:
     steps: int | None = None
     # Tokens in the stage; must be a multiple of curriculum.tokens_per_step.
     tokens: int | None = None
+    # The RoPE base during this stage (EasyContext raises it with the length); abf / entropy_abf only.
+    # The last stage's base, when set, must equal rope.rope_theta, which is what the export carries.
+    rope_theta: float | None = None
 
 
 @dataclass
@@ -182,6 +236,8 @@ class ExtendConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 

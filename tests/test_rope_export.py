@@ -91,3 +91,14 @@ def test_truncated_zero_band_is_written_as_a_finite_factor():
     assert rope["rope_type"] == "longrope" and rope["short_factor"] == rope["long_factor"]
     assert max(rope["short_factor"]) == 1e30 and rope["attention_factor"] == 1.0
     assert json.loads(json.dumps(rope)) == rope  # plain JSON, no inf/nan
+
+
+def test_an_extended_checkpoint_can_be_extended_again_from_its_original_base():
+    """YaRN's 128k run continues the 64k checkpoint with a larger factor over the same original length."""
+    base = load_base_config(ModelConfig(name_or_path="tiny-llama"))
+    first = apply_rope(base, resolve_rope(RopeConfig(type="yarn", factor=2), base))
+    second = resolve_rope(RopeConfig(type="yarn", factor=8), first)
+    assert second.original_length == 64 and second.extended_length == 512 and second.base == 10000.0
+    config = apply_rope(first, second)
+    assert config.rope_parameters["factor"] == 8.0 and config.max_position_embeddings == 512
+    assert resolve_rope(RopeConfig(type="none"), first) is None  # rope=none keeps the checkpoint as it is

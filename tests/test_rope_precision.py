@@ -34,3 +34,15 @@ def test_casting_afterwards_is_repaired():
     reference = build_random(yarn_config())
     assert torch.equal(model.model.rotary_emb.inv_freq, reference.model.rotary_emb.inv_freq)
     assert restore_float32_rope(model) == 0
+
+
+def test_set_rope_theta_recomputes_every_rotary_module():
+    from extend.models import set_rope_theta
+    from extend.rope.methods import default_inv_freq
+
+    model = build_random(load_base_config(ModelConfig(name_or_path="tiny-llama")))
+    set_rope_theta(model, 20000.0)
+    assert model.config.rope_parameters["rope_theta"] == 20000.0
+    expected = default_inv_freq(16, 20000.0).float()
+    assert torch.allclose(model.model.rotary_emb.inv_freq, expected, rtol=1e-6)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32

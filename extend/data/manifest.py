@@ -41,7 +41,10 @@ def dataset_config(cfg: ExtendConfig) -> dict:
     """The part of the config that decides the dataset's bytes, as it reads back from JSON (int keys of
     `upsample` become strings), so the stored copy and a fresh one compare equal."""
     data = {k: v for k, v in asdict(cfg.data).items() if k not in RUNTIME_FIELDS}
-    return json.loads(json.dumps({"format": FORMAT, "data": data, "curriculum": asdict(cfg.curriculum)}))
+    curriculum = asdict(cfg.curriculum)
+    for stage in curriculum["stages"]:
+        stage.pop("rope_theta", None)  # a training setting: the rows do not depend on it
+    return json.loads(json.dumps({"format": FORMAT, "data": data, "curriculum": curriculum}))
 
 
 def fingerprint(obj) -> str:

@@ -1,8 +1,8 @@
 """Model families: presets, loading, and what a position method needs from a model."""
 
 from extend.models.export import extended_length, save_extended
-from extend.models.loading import attention_for, build_random, load_base_config, load_pretrained
-from extend.models.precision import restore_float32_rope
+from extend.models.loading import attention_for, build_random, load_base_config, load_base_model, load_pretrained
+from extend.models.rotary import restore_float32_rope, set_rope_theta
 from extend.models.presets import PRESETS
 
 __all__ = [
@@ -11,7 +11,9 @@ __all__ = [
     "build_random",
     "extended_length",
     "load_base_config",
+    "load_base_model",
     "load_pretrained",
     "restore_float32_rope",
     "save_extended",
+    "set_rope_theta",
 ]

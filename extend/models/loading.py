@@ -8,30 +8,80 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError, ModelConfig
+from extend.models import tiny_base
 from extend.models.presets import PRESETS
 from extend.rope.entropy import entropy_attention_name, uses_entropy_abf
 
 
-def load_base_config(model: ModelConfig) -> PreTrainedConfig:
-    """The base model's config, without weights: a preset, a local folder, or a Hub id."""
+def model_location(model: ModelConfig) -> str:
+    """Where from_pretrained finds the base: the cached tiny base (built first if needed), an existing
+    local folder, or a Hub id. Presets are built from configs and have no location."""
     name = model.name_or_path
-    if name in PRESETS:
-        return PRESETS[name]()
+    if name == tiny_base.NAME:
+        return str(tiny_base.ensure_tiny_base(model.cache_dir))
     path = Path(name).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError([f"model.name_or_path={name!r} is a file; give the model's folder"])
-    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ConfigError([f"model.name_or_path={name!r} does not exist; give a model folder, a Hub id, or a preset ({', '.join(PRESETS)})"])
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError([f"model.name_or_path={name!r} is a file; give the model's folder"])
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ConfigError(
+            [f"model.name_or_path={name!r} does not exist; give a model folder, a Hub id, {tiny_base.NAME}, "
+             f"or a preset ({', '.join(PRESETS)})"]
+        )
+    return name
+
+
+def load_base_config(model: ModelConfig, tokenizer=None) -> PreTrainedConfig:
+    """The base model's config, without weights.
+
+    A preset (random weights) takes its vocabulary size and special tokens from `tokenizer` when given.
+    """
+    if model.name_or_path in PRESETS:
+        config = PRESETS[model.name_or_path]()
+        if tokenizer is not None:
+            config.vocab_size = len(tokenizer)
+            config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+            config.pad_token_id = tokenizer.pad_token_id
+        return config
+    location = model_location(model)
     try:
-        return AutoConfig.from_pretrained(str(path), revision=model.revision, trust_remote_code=model.trust_remote_code)
+        return AutoConfig.from_pretrained(location, revision=model.revision, trust_remote_code=model.trust_remote_code)
     except OSError as err:
         raise ConfigError(
             [
-                f"model.name_or_path={name!r} could not be loaded ({err.__class__.__name__}): give an existing folder, "
-                f"one of the presets ({', '.join(PRESETS)}), or a Hub id that is in the local cache "
-                "(download it first with `hf download ID` where the Hub is reachable)"
+                f"model.name_or_path={model.name_or_path!r} could not be loaded ({err.__class__.__name__}): give an "
+                f"existing folder, {tiny_base.NAME}, one of the presets ({', '.join(PRESETS)}), or a Hub id that is in "
+                "the local cache (download it first with `hf download ID` where the Hub is reachable)"
             ]
         ) from err
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError([f"model.dtype={name!r}: choose one of {', '.join(DTYPES)}"])
+    return DTYPES[name]
+
+
+def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0) -> PreTrainedModel:
+    """The base model's weights under `config` (which already carries the position method).
+
+    Presets are randomly initialised from `seed`; folders and Hub ids load their weights.
+    """
+    dtype = torch_dtype(model.dtype)
+    if model.name_or_path in PRESETS:
+        return build_random(config, model.attn_implementation, seed=seed, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        model_location(model),
+        config=config,
+        dtype=dtype,
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        attn_implementation=attention_for(config, model.attn_implementation),
+    )
 
 
 def attention_for(config: PreTrainedConfig, requested: str) -> str:

@@ -20,7 +20,21 @@ _SHAPE = dict(
     tie_word_embeddings=False,
 )
 
+# The architecture of the project's own tiny base (recipes/tiny_base.yaml pretrains it at 128 tokens):
+# 4 layers, 4 heads of 32 dims, a tied 4096-token embedding; about 1.4M parameters.
+TINY_BASE_SHAPE = dict(
+    vocab_size=4096,
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+)
+
 PRESETS: dict[str, Callable[[], PreTrainedConfig]] = {
+    "tiny-base-llama": lambda: LlamaConfig(**TINY_BASE_SHAPE, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
     "tiny-llama": lambda: LlamaConfig(**_SHAPE, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
     "tiny-qwen2": lambda: Qwen2Config(
         **_SHAPE, use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}

@@ -35,17 +35,19 @@ class ModelGeometry:
 
     @classmethod
     def of(cls, config: PreTrainedConfig) -> ModelGeometry:
+        """The geometry a method rescales. A checkpoint this project extended records its pretrained
+        base and length (PROVENANCE_KEY), so extending it again (YaRN's 64k -> 128k) starts from those."""
         rope = dict(getattr(config, "rope_parameters", None) or {})
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) or 1.0
-        return cls(
-            head_dim=head_dim,
-            rotary_dim=int(head_dim * partial),
-            num_layers=config.num_hidden_layers,
-            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
-            rope_type=rope.get("rope_type", rope.get("type", "default")),
-            max_position_embeddings=getattr(config, "max_position_embeddings", None),
-        )
+        rope_theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        max_position = getattr(config, "max_position_embeddings", None)
+        provenance = getattr(config, PROVENANCE_KEY, None)
+        if provenance:
+            rope_theta, rope_type = float(provenance["base_rope_theta"]), "default"
+            max_position = int(provenance["original_max_position_embeddings"])
+        return cls(head_dim, int(head_dim * partial), config.num_hidden_layers, rope_theta, rope_type, max_position)
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,8 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
         )
     if geometry.rope_type != "default":
         problems.append(
-            f"the base model already uses rope_type={geometry.rope_type!r}; stacking a second method is not "
-            "supported: start from a base with default RoPE or set rope=none"
+            f"the base model already uses rope_type={geometry.rope_type!r} and does not record the base it was "
+            "extended from; stacking a second method is not supported: start from a base with default RoPE or set rope=none"
         )
 
     if not math.isfinite(cfg.factor) or cfg.factor < 1:

@@ -1,0 +1,48 @@
+"""What the training loop needs from an adapter: attach, the trainable state, and a merged export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class Adapter(Protocol):
+    name: str
+
+    def attach(self, model: PreTrainedModel) -> nn.Module:
+        """Wrap or mark `model` so that exactly the adapter's parameters require grad."""
+
+    def merged(self, model: nn.Module) -> PreTrainedModel:
+        """A plain transformers model with the trained weights folded in (loads without extend)."""
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        """The adapter on its own (may be nothing for full fine-tuning)."""
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter that requires grad, by name: what a checkpoint must carry besides the base."""
+    return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's trainable parameters back; refuses a state that does not match the model."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match the model's trainable parameters (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}): was it written with another adapter config?"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

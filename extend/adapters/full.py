@@ -1,0 +1,30 @@
+"""Full fine-tuning: every parameter trains; the export is the model itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from extend.config import AdapterConfig
+
+
+@dataclass
+class FullAdapter:
+    cfg: AdapterConfig
+    name: str = "full"
+
+    def check(self, model: PreTrainedModel) -> list[str]:
+        return []
+
+    def attach(self, model: PreTrainedModel) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+    def merged(self, model: nn.Module) -> PreTrainedModel:
+        return model
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        """Nothing beyond the merged model: the weights are the adapter."""

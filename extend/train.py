@@ -1,0 +1,356 @@
+"""Extend a model's context window: `accelerate launch extend/train.py recipe=NAME [overrides]`.
+
+Also runs as `python extend/train.py ...` or `python -m extend.train ...`. Reads top to bottom:
+
+    main: compose + validate -> setup (tokenizer, data, model with its position method, adapter,
+          optimizer, resume) -> fit (curriculum stages, checkpoints) -> export (merged model, adapter,
+          run card) -> optional evaluation
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python extend/train.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hydra
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from peft import PeftModel
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+import extend  # noqa: F401  (registers entropy_abf)
+from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
+from extend.config import CONF_DIR, ConfigError, ExtendConfig
+from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
+from extend.rope import apply_rope, config_served_lengths, resolve_rope
+from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
+from extend.training.checkpoint import TrainState, load_latest, save_checkpoint
+from extend.training.loss import causal_lm_loss_sum, shifted_targets
+from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
+from extend.training.schedule import SCHEDULES, build_scheduler
+
+# Keys that change what a run computes; the rest (logging, resume policy, step cap) may differ on resume.
+_NOT_FINGERPRINTED = {"train": ("resume", "log_every", "tracker", "max_steps", "checkpoint_every", "keep_checkpoints")}
+
+
+class ChunkedCausalLM(nn.Module):
+    """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
+
+    def __init__(self, model: nn.Module, chunk_size: int):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    def forward(self, input_ids, labels, position_ids):
+        lm = self.causal_lm
+        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size)
+
+
+@dataclass
+class Run:
+    cfg: ExtendConfig
+    accelerator: Accelerator
+    tokenizer: object
+    adapter: Adapter
+    model: nn.Module  # ChunkedCausalLM, prepared by accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stages: list[Stage]
+    state: TrainState
+    manifest: dict
+    run_dir: Path
+
+    @property
+    def total_steps(self) -> int:
+        total = sum(s.steps for s in self.stages)
+        return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+
+
+def config_fingerprint(cfg: ExtendConfig) -> str:
+    data = asdict(cfg)
+    for group, keys in _NOT_FINGERPRINTED.items():
+        for key in keys:
+            data[group].pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_training(cfg: ExtendConfig, world_size: int, addressable: int) -> list[str]:
+    """Training-loop problems that do not need the model's weights (data and rope are checked where they load)."""
+    t, problems = cfg.train, []
+    if t.lr_schedule not in SCHEDULES:
+        problems.append(f"train.lr_schedule={t.lr_schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+    if t.mixed_precision not in ("no", "bf16", "fp16"):
+        problems.append(f"train.mixed_precision={t.mixed_precision!r}: choose no, bf16 or fp16")
+    if t.resume not in ("auto", "never"):
+        problems.append(f"train.resume={t.resume!r}: choose auto (continue the newest checkpoint) or never")
+    if t.micro_batch_size < 1 or t.learning_rate <= 0 or t.keep_checkpoints < 1:
+        problems.append("train.micro_batch_size and train.keep_checkpoints must be >= 1, train.learning_rate > 0")
+    stage_bases = [s.rope_theta for s in cfg.curriculum.stages]
+    if any(b is not None for b in stage_bases):
+        if cfg.rope.type not in ("abf", "entropy_abf"):
+            problems.append(f"curriculum.stages[].rope_theta needs rope.type abf or entropy_abf, not {cfg.rope.type!r}")
+        elif stage_bases[-1] is not None and stage_bases[-1] != cfg.rope.rope_theta:
+            problems.append(
+                f"the last curriculum stage's rope_theta={stage_bases[-1]} differs from rope.rope_theta="
+                f"{cfg.rope.rope_theta}, which the export carries: make them equal"
+            )
+    for i, stage in enumerate(cfg.curriculum.stages):
+        rows = cfg.curriculum.tokens_per_step // stage.length
+        if rows % (t.micro_batch_size * world_size):
+            problems.append(
+                f"curriculum.stages[{i}]: {rows} rows per step do not split into micro-batches of "
+                f"{t.micro_batch_size} on {world_size} process(es); change train.micro_batch_size or tokens_per_step"
+            )
+        if stage.length > addressable:
+            problems.append(
+                f"curriculum.stages[{i}].length={stage.length} is longer than the {addressable} positions the model "
+                "addresses with this rope config: raise rope.factor or shorten the stage"
+            )
+    return problems
+
+
+def stage_rope_theta(cfg: ExtendConfig, index: int) -> float | None:
+    """The RoPE base of curriculum stage `index`: its own, else rope.rope_theta; None when no stage sets one."""
+    bases = [s.rope_theta for s in cfg.curriculum.stages]
+    if all(b is None for b in bases):
+        return None
+    return bases[index] if bases[index] is not None else cfg.rope.rope_theta
+
+
+# train.tracker -> the package accelerate needs for it.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def tracker_for(name: str) -> str | None:
+    """The accelerate tracker to log to. TensorBoard is the default only where it is installed."""
+    if name == "none":
+        return None
+    if name not in TRACKERS:
+        raise ConfigError([f"train.tracker={name!r} is unknown; choose none, {', '.join(TRACKERS)}"])
+    if importlib.util.find_spec(TRACKERS[name]) is None:
+        if name == "tensorboard":
+            print("train.tracker=tensorboard: tensorboard is not installed, logging to the console only "
+                  "(pip install tensorboard, or set train.tracker=none to silence this)", file=sys.stderr)
+            return None
+        raise ConfigError([f"train.tracker={name}: the {TRACKERS[name]} package is not installed (pip install {TRACKERS[name]})"])
+    return name
+
+
+def flat_config(cfg: ExtendConfig) -> dict[str, str | int | float | bool]:
+    """The config as flat scalars, for trackers' hyperparameter tables."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value if isinstance(value, (str, int, float, bool)) else str(value)
+
+    walk("", asdict(cfg))
+    return flat
+
+
+def setup(cfg: ExtendConfig) -> Run:
+    # Imported here: data_prep's modules pull in pyarrow and the tokenizer stack.
+    from extend.data.manifest import verify_dataset
+    from extend.models.tokenizer import load_tokenizer
+
+    tracker = tracker_for(cfg.train.tracker)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=tracker, project_dir=cfg.output_dir)
+    set_seed(cfg.seed)
+    run_dir = Path(cfg.output_dir)
+
+    # Everything that can be wrong is found before any weights load.
+    tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
+    base_config = load_base_config(cfg.model, tokenizer=tokenizer)
+    resolved = resolve_rope(cfg.rope, base_config)
+    model_config = apply_rope(base_config, resolved)
+    addressable = config_served_lengths(model_config, None)["transformers"]
+    adapter = build_adapter(cfg.adapter)
+    problems = check_training(cfg, accelerator.num_processes, addressable)
+    # The adapter checks module names on a weightless copy of the model (meta device): no memory, no I/O.
+    with torch.device("meta"):
+        problems += adapter.check(AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa")))
+    if problems:
+        raise ConfigError(problems)
+    manifest = verify_dataset(cfg.data.output_dir, cfg, tokenizer)
+    stages = stages_from_manifest(Path(cfg.data.output_dir), manifest)
+
+    model = load_base_model(cfg.model, model_config)
+    model = adapter.attach(model)
+    if cfg.train.gradient_checkpointing:
+        causal = model.get_base_model() if isinstance(model, PeftModel) else model
+        causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    accelerator.print(f"{cfg.adapter.type}: {trainable:,} trainable of {total:,} parameters")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay
+    )
+    total_steps = sum(s.steps for s in stages)
+    scheduler = build_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio)
+    state = TrainState(config_fingerprint=config_fingerprint(cfg))
+
+    checkpoint = load_latest(run_dir / "checkpoints")
+    if checkpoint is not None and cfg.train.resume == "never":
+        raise ConfigError([f"{run_dir} already has checkpoints; set train.resume=auto or choose another run_name"])
+    if checkpoint is not None:
+        if checkpoint.state.config_fingerprint != state.config_fingerprint:
+            raise ConfigError(
+                [f"{checkpoint.folder} was written by a different config; resume with the same recipe and overrides, "
+                 "or choose another run_name"]
+            )
+        load_trainable_state(model, checkpoint.trainable)
+        checkpoint.restore_optimizer(optimizer, scheduler)
+        checkpoint.restore_rng()
+        state = checkpoint.state
+        accelerator.print(f"resumed from {checkpoint.folder} (step {state.step})")
+
+    if tracker is not None:
+        accelerator.init_trackers(cfg.run_name, config=flat_config(cfg))
+    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
+    return Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, manifest, run_dir)
+
+
+def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
+    """One optimizer step over one step's rows; returns the mean loss per scored token."""
+    acc, cfg = run.accelerator, run.cfg
+    # Normalise by the tokens of the whole step (all processes see all rows), so the gradient is the
+    # same however the step is split into micro-batches and processes.
+    step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
+    batches = micro_batches(rows, cfg.train.micro_batch_size, acc.process_index, acc.num_processes)
+    loss_total = torch.zeros((), device=acc.device)
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        sync = i == len(batches) - 1
+        with contextlib.nullcontext() if sync else acc.no_sync(run.model):
+            loss_sum, _ = run.model(**batch)
+            acc.backward(loss_sum * acc.num_processes / max(step_tokens, 1))
+        loss_total += loss_sum.detach()
+    if cfg.train.max_grad_norm > 0:
+        acc.clip_grad_norm_(run.model.parameters(), cfg.train.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return (acc.reduce(loss_total, reduction="sum") / max(step_tokens, 1)).item()
+
+
+def fit(run: Run) -> None:
+    acc, cfg, state = run.accelerator, run.cfg, run.state
+    progress = tqdm(total=run.total_steps, initial=state.step, desc="train", disable=not acc.is_main_process)
+    for stage in run.stages[state.stage :]:
+        rows = StageRows(stage)
+        stage_base = stage_rope_theta(cfg, stage.index)
+        if stage_base is not None:
+            set_rope_theta(acc.unwrap_model(run.model).causal_lm, stage_base)
+        while state.stage_step < stage.steps and state.step < run.total_steps:
+            started = time.perf_counter()
+            loss = train_step(run, rows.step_rows(state.stage_step))
+            elapsed = time.perf_counter() - started
+            state.step += 1
+            state.stage_step += 1
+            state.tokens_seen += stage.rows_per_step * stage.length
+            state.train_seconds += elapsed
+            state.losses.append(loss)
+            progress.update(1)
+            if state.step % cfg.train.log_every == 0 or state.step == run.total_steps:
+                log = StepLog(
+                    state.step, run.total_steps, stage.index, len(run.stages), stage.length, loss,
+                    run.scheduler.get_last_lr()[0], stage.rows_per_step * stage.length / elapsed, peak_memory_gb(),
+                )
+                if acc.is_main_process:
+                    progress.write(log.line())
+                acc.log(log.metrics(), step=state.step)
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                checkpoint(run)
+        if state.step >= run.total_steps:
+            break
+        state.stage += 1
+        state.stage_step = 0
+    progress.close()
+
+
+def checkpoint(run: Run) -> None:
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        inner = acc.unwrap_model(run.model).model
+        save_checkpoint(run.run_dir / "checkpoints", run.state, trainable_state(inner), run.optimizer, run.scheduler,
+                        run.cfg.train.keep_checkpoints)
+    acc.wait_for_everyone()
+
+
+def export(run: Run) -> Path:
+    """outputs/<run>/final/: merged model + portable rope config, tokenizer, adapter/, run_card.json."""
+    acc, cfg = run.accelerator, run.cfg
+    acc.wait_for_everyone()
+    final = run.run_dir / "final"
+    if acc.is_main_process:
+        tmp = run.run_dir / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        inner = acc.unwrap_model(run.model).model
+        if cfg.adapter.type != "full":
+            run.adapter.save(inner, tmp / "adapter")
+        merged = run.adapter.merged(inner)
+        save_extended(merged, run.tokenizer, tmp)
+        write_run_card(tmp, {
+            "run_name": cfg.run_name,
+            "config": asdict(cfg),
+            "config_fingerprint": run.state.config_fingerprint,
+            "data_manifest": {k: run.manifest[k] for k in ("config_fingerprint", "tokenizer_fingerprint") if k in run.manifest},
+            "steps": run.state.step,
+            "tokens": run.state.tokens_seen,
+            "train_seconds": round(run.state.train_seconds, 2),
+            "processes": acc.num_processes,
+            "hardware": hardware(),
+            "final_loss": run.state.losses[-1] if run.state.losses else None,
+            "losses": run.state.losses,
+        })
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        acc.print(f"exported {final}")
+    acc.wait_for_everyone()
+    return final
+
+
+def train(cfg: ExtendConfig) -> Path:
+    """The whole run for a composed, typed config; returns the export folder."""
+    run = setup(cfg)
+    fit(run)
+    final = export(run)
+    run.accelerator.end_training()
+    return final
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(OmegaConf.to_object(cfg))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The pieces train.py composes: loss, batches, checkpoints, logging, the run card."""

@@ -1,0 +1,146 @@
+"""Self-describing, atomic, exactly resumable checkpoints.
+
+    <run>/checkpoints/step-000050/
+        trainable.safetensors   every parameter that requires grad (adapter, trainable embeddings/norms)
+        optimizer.pt            optimizer state_dict (tensors only; loaded with weights_only=True)
+        scheduler.pt            lr scheduler state_dict
+        rng.pt                  python / numpy / torch RNG states, as tensors
+        state.json              step, curriculum stage, rows consumed, tokens seen, config fingerprint
+        COMPLETE                written last, before the folder is renamed into place
+
+A checkpoint is written into `step-XXXXXX.tmp`, every file fsynced, the marker written, then the folder
+is renamed into place in one step, so a crash at any point leaves either the previous checkpoints alone
+or a complete new one. Resume takes the newest folder that has its marker and reads; anything else is
+skipped with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MARKER = "COMPLETE"
+PREFIX = "step-"
+
+
+@dataclass
+class TrainState:
+    """Where the run is: everything besides tensors that resuming needs."""
+
+    step: int = 0
+    stage: int = 0
+    # Optimizer steps already taken inside the current stage (its rows are read in stored order).
+    stage_step: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    config_fingerprint: str = ""
+    losses: list[float] = field(default_factory=list)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    """Every RNG the loop draws from, as tensors and numbers only (so it loads with weights_only=True)."""
+    version, mt_state, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(root: Path, state: TrainState, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    keep: int) -> Path:
+    """Write one checkpoint atomically, then prune all but the newest `keep` complete ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{state.step:06d}"
+    tmp = root / f"{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+    (tmp / MARKER).write_text("")
+    _fsync_tree(tmp)
+    if final.exists():  # an older attempt at the same step (resumed after a crash): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first; incomplete or unreadable ones are reported and skipped."""
+    found = []
+    if not root.is_dir():
+        return found
+    for folder in sorted(root.iterdir()):
+        if not folder.name.startswith(PREFIX) or folder.name.endswith(".tmp"):
+            if folder.name.endswith(".tmp"):
+                warnings.warn(f"skipping {folder}: an interrupted checkpoint write", stacklevel=2)
+            continue
+        try:
+            if not (folder / MARKER).exists():
+                raise ValueError("no completion marker")
+            json.loads((folder / "state.json").read_text())
+        except (OSError, ValueError) as err:
+            warnings.warn(f"skipping checkpoint {folder}: {err}", stacklevel=2)
+            continue
+        found.append(folder)
+    return found
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    state: TrainState
+    trainable: dict[str, torch.Tensor]
+
+    def restore_optimizer(self, optimizer, scheduler) -> None:
+        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(self.folder / "scheduler.pt", weights_only=True))
+
+    def restore_rng(self) -> None:
+        set_rng_state(torch.load(self.folder / "rng.pt", weights_only=True))
+
+
+def load_latest(root: Path) -> Checkpoint | None:
+    candidates = complete_checkpoints(root)
+    if not candidates:
+        return None
+    folder = candidates[-1]
+    state = TrainState(**json.loads((folder / "state.json").read_text()))
+    return Checkpoint(folder, state, load_file(folder / "trainable.safetensors"))

@@ -1,0 +1,53 @@
+"""Every recipe composes, and validates against its base model's geometry before anything is downloaded."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from transformers import LlamaConfig
+
+from extend.config import CONF_DIR, RECIPES_DIR
+from extend.models import PRESETS, load_base_config
+from extend.rope import apply_rope, config_served_lengths, resolve_rope
+from extend.train import check_training
+
+# The published geometry of the Hub bases the GPU recipes name (config.json of each model).
+LLAMA2 = dict(vocab_size=32000, num_key_value_heads=None, max_position_embeddings=4096,
+              rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+STAND_INS = {
+    "meta-llama/Llama-2-7b-hf": LlamaConfig(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, **LLAMA2),
+    "meta-llama/Llama-2-7b-chat-hf": LlamaConfig(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, **LLAMA2),
+    "meta-llama/Llama-2-13b-hf": LlamaConfig(hidden_size=5120, num_attention_heads=40, num_hidden_layers=40, intermediate_size=13824, **LLAMA2),
+}
+RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def typed(recipe: str, *overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_object(compose("config", overrides=[f"recipe={recipe}", *overrides]))
+
+
+def base_config_of(cfg):
+    if cfg.model.name_or_path in PRESETS:
+        return load_base_config(cfg.model)
+    if cfg.model.name_or_path == "outputs/yarn_64k/final":  # the checkpoint yarn_64k exports
+        first = typed("yarn_64k")
+        base = STAND_INS[first.model.name_or_path]
+        return apply_rope(base, resolve_rope(first.rope, base))
+    return STAND_INS[cfg.model.name_or_path]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_composes_and_validates(recipe):
+    text = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_"
+    header = "\n".join(line for line in text if line.startswith("#"))
+    for part in ("Command", "Hardware:", "Expected results:"):
+        assert part in header, f"{recipe}: the header must state {part}"
+    cfg = typed(recipe, "data.sources.chats.path=x.jsonl" if recipe == "entropy_abf_16k" else "run_name=" + recipe)
+    assert cfg.run_name == recipe
+    config = apply_rope(base := base_config_of(cfg), resolve_rope(cfg.rope, base))
+    addressable = config_served_lengths(config, None)["transformers"]
+    assert check_training(cfg, world_size=1, addressable=addressable) == []
+    assert max(s.length for s in cfg.curriculum.stages) == addressable, "recipes train up to their extended length"

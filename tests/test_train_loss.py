@@ -1,0 +1,47 @@
+"""The chunked cross-entropy equals the full one, in value and gradient, and never crosses documents."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from extend.training.loss import IGNORE_INDEX, causal_lm_loss_sum, shifted_targets
+
+
+def test_chunked_equals_full_loss_and_gradients():
+    torch.manual_seed(0)
+    head = nn.Linear(32, 500, bias=False)
+    hidden = torch.randn(2, 37, 32, requires_grad=True)
+    labels = torch.randint(0, 500, (2, 37))
+    labels[0, :5] = IGNORE_INDEX
+    position_ids = torch.cat([torch.arange(20), torch.arange(17)]).repeat(2, 1)
+
+    results = []
+    for chunk in (0, 7):
+        head.zero_grad()
+        hidden.grad = None
+        loss, n = causal_lm_loss_sum(hidden, head, labels, position_ids, chunk_size=chunk)
+        loss.backward()
+        results.append((loss.detach(), n, hidden.grad.clone(), head.weight.grad.clone()))
+    (full, n_full, gh_full, gw_full), (chunked, n_chunked, gh_chunked, gw_chunked) = results
+    assert n_full == n_chunked == 2 * 36 - 4 - 2  # 4 ignored labels, 2 document starts
+    assert torch.allclose(full, chunked, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(gh_full, gh_chunked, atol=1e-6)
+    assert torch.allclose(gw_full, gw_chunked, atol=1e-6)
+
+
+def test_reference_is_plain_cross_entropy():
+    torch.manual_seed(1)
+    head = nn.Linear(8, 11, bias=False)
+    hidden, labels = torch.randn(1, 6, 8), torch.randint(0, 11, (1, 6))
+    loss, n = causal_lm_loss_sum(hidden, head, labels, None, chunk_size=0)
+    expected = nn.functional.cross_entropy(head(hidden[0, :-1]), labels[0, 1:], reduction="sum")
+    assert n == 5 and torch.allclose(loss, expected)
+
+
+def test_targets_never_cross_a_document_boundary():
+    labels = torch.arange(10)[None]
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]])
+    targets = shifted_targets(labels, position_ids)
+    # Position 3 would predict token 4, the first token of the next document: ignored.
+    assert targets.tolist() == [[1, 2, 3, IGNORE_INDEX, 5, 6, IGNORE_INDEX, 8, 9]]
