@@ -13,6 +13,9 @@ from extend.config import CONF_DIR
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Tiny configs of the three decoder families every round trip covers.
+FAMILY_PRESETS = ("tiny-llama", "tiny-mistral", "tiny-qwen2")
+
 # One parameter set per method, valid for the tiny presets (rotary dim 16, 64 trained positions).
 METHOD_SETTINGS: dict[str, dict] = {
     "linear": {"factor": 4},

@@ -10,11 +10,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from extend.config import ModelConfig, RopeConfig
-from extend.models import PRESETS, build_random, load_base_config, save_extended
+from extend.models import build_random, load_base_config, save_extended
 from extend.rope import apply_rope, config_served_lengths, resolve_rope, served_lengths
 from extend.rope.apply import PROVENANCE_KEY
 
-from conftest import METHOD_SETTINGS
+from conftest import FAMILY_PRESETS, METHOD_SETTINGS
 
 
 def rotary_of(model):
@@ -22,7 +22,7 @@ def rotary_of(model):
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
 def test_model_built_from_export_uses_the_method(method, preset):
     base = load_base_config(ModelConfig(name_or_path=preset))
     resolved = resolve_rope(RopeConfig(type=method, **METHOD_SETTINGS[method]), base)

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from extend.config import ModelConfig, RopeConfig
-from extend.models import PRESETS, build_random, load_base_config, save_extended
+from extend.models import build_random, load_base_config, save_extended
 from extend.rope import apply_rope, resolve_rope
 
-from conftest import METHOD_SETTINGS
+from conftest import FAMILY_PRESETS, METHOD_SETTINGS
 
 TOLERANCE = 1e-5
 
@@ -33,7 +33,7 @@ def save_case(root: Path, preset: str, method: str) -> Path:
 
 
 def test_fresh_process_reload(tmp_path):
-    folders = [save_case(tmp_path, preset, method) for preset in sorted(PRESETS) for method in sorted(METHOD_SETTINGS)]
+    folders = [save_case(tmp_path, preset, method) for preset in FAMILY_PRESETS for method in sorted(METHOD_SETTINGS)]
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("fresh_load.py")), *map(str, folders)],
         capture_output=True, text=True, timeout=600,
