@@ -35,7 +35,10 @@ from transformers import AutoModelForCausalLM
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
 from extend.config import CONF_DIR, ConfigError, ExtendConfig
+from extend.data.manifest import read_manifest, verify_dataset
+from extend.data.prepare import prepare
 from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
+from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import TrainState, load_latest, save_checkpoint
@@ -171,18 +174,16 @@ def flat_config(cfg: ExtendConfig) -> dict[str, str | int | float | bool]:
 
 
 def setup(cfg: ExtendConfig) -> Run:
-    # Imported here: data_prep's modules pull in pyarrow and the tokenizer stack.
-    from extend.data.manifest import verify_dataset
-    from extend.models.tokenizer import load_tokenizer
-
     tracker = tracker_for(cfg.train.tracker)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=tracker, project_dir=cfg.output_dir)
     set_seed(cfg.seed)
     run_dir = Path(cfg.output_dir)
 
-    # Everything that can be wrong is found before any weights load.
-    tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
-    base_config = load_base_config(cfg.model, tokenizer=tokenizer)
+    # Everything that can be wrong is found before any weights load. What is built once and cached (the
+    # tiny tokenizer, the tiny base) is built by the main process while the others wait.
+    with accelerator.main_process_first():
+        tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
+        base_config = load_base_config(cfg.model, tokenizer=tokenizer)
     resolved = resolve_rope(cfg.rope, base_config)
     model_config = apply_rope(base_config, resolved)
     addressable = config_served_lengths(model_config, None)["transformers"]
@@ -193,6 +194,14 @@ def setup(cfg: ExtendConfig) -> Run:
         problems += adapter.check(AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa")))
     if problems:
         raise ConfigError(problems)
+    if read_manifest(Path(cfg.data.output_dir)) is None:
+        # Tokenising inside a multi-process job races the distributed timeout (LongLoRA #45): only a
+        # single process prepares a missing dataset itself.
+        if accelerator.num_processes > 1:
+            raise ConfigError([f"{cfg.data.output_dir} has no prepared dataset; run `python -m data_prep` with the "
+                               "same recipe and overrides before launching on several processes"])
+        accelerator.print(f"{cfg.data.output_dir} has no dataset yet: preparing it (python -m data_prep does the same)")
+        prepare(cfg)
     manifest = verify_dataset(cfg.data.output_dir, cfg, tokenizer)
     stages = stages_from_manifest(Path(cfg.data.output_dir), manifest)
 
