@@ -79,6 +79,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     stages: list[Stage]
     state: TrainState
+    model_config: object  # the base's config with the position method, as the export carries it
     manifest: dict
     run_dir: Path
 
@@ -205,7 +206,7 @@ def setup(cfg: ExtendConfig) -> Run:
     manifest = verify_dataset(cfg.data.output_dir, cfg, tokenizer)
     stages = stages_from_manifest(Path(cfg.data.output_dir), manifest)
 
-    model = load_base_model(cfg.model, model_config)
+    model = load_base_model(cfg.model, model_config, seed=cfg.seed, quantize=cfg.adapter.quantize)
     model = adapter.attach(model)
     if cfg.train.gradient_checkpointing:
         causal = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -239,7 +240,7 @@ def setup(cfg: ExtendConfig) -> Run:
     if tracker is not None:
         accelerator.init_trackers(cfg.run_name, config=flat_config(cfg))
     wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
-    return Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, manifest, run_dir)
+    return Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest, run_dir)
 
 
 def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
@@ -321,7 +322,13 @@ def export(run: Run) -> Path:
         inner = acc.unwrap_model(run.model).model
         if cfg.adapter.type != "full":
             run.adapter.save(inner, tmp / "adapter")
-        merged = run.adapter.merged(inner)
+        if cfg.adapter.quantize:
+            # Merging into quantized weights would round the result: fold the adapter into the base
+            # reloaded at full precision instead.
+            base = load_base_model(cfg.model, run.model_config, seed=cfg.seed)
+            merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
+        else:
+            merged = run.adapter.merged(inner)
         save_extended(merged, run.tokenizer, tmp)
         write_run_card(tmp, {
             "run_name": cfg.run_name,

@@ -158,3 +158,22 @@ def test_tensorboard_tracker_logs_every_step(make_config):
     assert events and events[0].stat().st_size > 0
     with pytest.raises(ConfigError, match="train.tracker='nope' is unknown"):
         train(make_config("train.tracker=nope"))
+
+
+def test_qlora_trains_on_a_4bit_base_and_exports_full_precision(make_config, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    tokenizer = load_tokenizer("tiny")
+    folder = tmp_path / "base"
+    config = load_base_config(make_config().model, tokenizer=tokenizer)
+    load_base_model(make_config().model, config).save_pretrained(folder)
+    cfg = make_config("model=hf", f"model.name_or_path={folder}", "adapter.quantize=4bit", "train.checkpoint_every=0")
+    final = train(cfg)
+    lora = load_file(final / "adapter" / "adapter_model.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+    merged = AutoModelForCausalLM.from_pretrained(final)
+    assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # not 4-bit
+    expected = PeftModel.from_pretrained(base_model(cfg), final / "adapter").merge_and_unload().state_dict()
+    for name, value in merged.state_dict().items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+    with pytest.raises(ConfigError, match="needs saved weights"):
+        train(make_config("adapter.quantize=4bit"))

@@ -17,6 +17,8 @@ class FullAdapter:
     name: str = "full"
 
     def check(self, model: PreTrainedModel) -> list[str]:
+        if self.cfg.quantize:
+            return [f"adapter.quantize={self.cfg.quantize} freezes a quantized base; it needs adapter.type=lora"]
         return []
 
     def attach(self, model: PreTrainedModel) -> nn.Module:

@@ -4,14 +4,16 @@ and folded in by merge_and_unload."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import PreTrainedModel
 
 from extend.config import AdapterConfig, ConfigError
+from extend.models.loading import QUANTIZATIONS
 
 # Module-name suffixes peft matches for modules_to_save: every *norm module (input_layernorm,
 # post_attention_layernorm, the final norm, q_norm/k_norm where present) and the input embedding.
@@ -34,6 +36,10 @@ class LoraAdapter:
                 f"adapter.target_modules {missing} do not exist in {type(model).__name__}; its linear layers are: "
                 + ", ".join(linear)
             )
+        if self.cfg.quantize is not None and self.cfg.quantize not in QUANTIZATIONS:
+            problems.append(f"adapter.quantize={self.cfg.quantize!r}: choose 4bit, 8bit or null")
+        if self.cfg.quantize is not None and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("adapter.quantize needs bitsandbytes: pip install 'extend[quantization]'")
         if self.cfg.train_embeddings and EMBEDDING_NAME not in names:
             problems.append(f"adapter.train_embeddings: {type(model).__name__} has no module named {EMBEDDING_NAME}")
         return problems
@@ -53,6 +59,9 @@ class LoraAdapter:
             modules_to_save=modules_to_save or None,
             task_type="CAUSAL_LM",
         )
+        if getattr(model, "is_quantized", False):
+            # QLoRA: norms in float32 and input gradients on; activation checkpointing stays train's choice.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return get_peft_model(model, config)
 
     def merged(self, model: nn.Module) -> PreTrainedModel:

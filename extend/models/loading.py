@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError, ModelConfig
 from extend.models import tiny_base
@@ -66,13 +66,26 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0) -> PreTrainedModel:
+QUANTIZATIONS = ("4bit", "8bit")
+
+
+def quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's frozen base: NF4 4-bit (Dettmers et al., 2023) or LLM.int8() 8-bit, through bitsandbytes."""
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0, quantize: str | None = None) -> PreTrainedModel:
     """The base model's weights under `config` (which already carries the position method).
 
-    Presets are randomly initialised from `seed`; folders and Hub ids load their weights.
+    Presets are randomly initialised from `seed`; folders and Hub ids load their weights, quantized by
+    bitsandbytes when `quantize` is 4bit or 8bit.
     """
     dtype = torch_dtype(model.dtype)
     if model.name_or_path in PRESETS:
+        if quantize:
+            raise ConfigError([f"adapter.quantize={quantize} needs saved weights: give model.name_or_path a folder or Hub id"])
         return build_random(config, model.attn_implementation, seed=seed, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(
         model_location(model),
@@ -81,6 +94,7 @@ def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0)
         revision=model.revision,
         trust_remote_code=model.trust_remote_code,
         attn_implementation=attention_for(config, model.attn_implementation),
+        quantization_config=quantization_config(quantize, dtype) if quantize else None,
     )
 
 
