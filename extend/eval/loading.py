@@ -88,7 +88,8 @@ def resolve_conditions(cfg: ExtendConfig, model: PreTrainedModel | None = None) 
         model_cfg = dataclasses.replace(cfg.model, name_or_path=name_or_path or cfg.model.name_or_path)
         try:
             base = model.config if uses_given else load_base_config(model_cfg)
-            config = apply_rope(base, resolve_rope(rope, base))
+            # An untouched `rope` keeps the model's own positions (and needs nothing of its geometry).
+            config = apply_rope(base, None if rope == RopeConfig() else resolve_rope(rope, base))
         except ConfigError as err:
             problems += [f"{name}: {p}" for p in err.problems]
             continue

@@ -2,8 +2,8 @@
 
 For a window length L and stride S (default S = L), windows start at 0, S, 2S, ... inside each document
 long enough for one; the first window of a document scores its L-1 predictions, every later one only
-the S tokens the previous window did not reach, so each token is scored once with as much context as the
-window gives. Perplexity at L = exp(total negative log-likelihood / scored tokens). Logits are computed
+the last min(S, L-1) tokens, those the previous window did not reach, so no token is scored twice and
+each gets as much context as the window gives (with S = L, a window's first token goes unscored). Perplexity at L = exp(total negative log-likelihood / scored tokens). Logits are computed
 in chunks from the decoder's hidden states, so a 16k window never materialises 16k x vocab logits.
 """
 
@@ -37,7 +37,8 @@ def make_windows(documents: list[list[int]], length: int, stride: int, max_windo
     windows: list[Window] = []
     for doc in documents:
         for start in range(0, len(doc) - length + 1, stride):
-            first_target = 1 if start == 0 else length - stride
+            # A window's first token has no prediction inside the window, whatever the stride.
+            first_target = 1 if start == 0 else max(1, length - stride)
             windows.append(Window(doc[start:start + length], first_target))
             if len(windows) == max_windows:
                 return windows
