@@ -21,18 +21,18 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer):
-    """A tiny random Llama trained for 64 positions, saved with its tokenizer like an exported run."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tokenizer, max_positions=128)
+    """A tiny random Llama for 256 positions, saved with its tokenizer like an exported run."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tokenizer, max_positions=256)
 
 
-PASSKEY = ["eval.tasks=[passkey]", "eval.lengths=[80,128]", "eval.depths=[0.0,0.5,1.0]", "eval.items_per_cell=2"]
+PASSKEY = ["eval.tasks=[passkey]", "eval.lengths=[128,192]", "eval.depths=[0.0,0.5,1.0]", "eval.items_per_cell=2"]
 
 
 def test_a_perfect_copier_scores_100_percent_on_passkey(tokenizer, tmp_path):
     cfg = compose_cfg(*PASSKEY, f"eval.output_dir={tmp_path}")
     data = run_eval(cfg, model=Copier(CopierConfig(vocab_size=len(tokenizer))), tokenizer=tokenizer)
     block = data["results"]["model"]["passkey"]
-    assert {k: c["value"] for k, c in block["by_length"].items()} == {"80": 1.0, "128": 1.0}
+    assert {k: c["value"] for k, c in block["by_length"].items()} == {"128": 1.0, "192": 1.0}
     assert all(c["value"] == 1.0 for cells in block["by_length_depth"].values() for c in cells.values())
     assert len(block["items"]) == 2 * 3 * 2
     # It answers and keeps going; the scorer accepts text after the answer.
@@ -48,12 +48,12 @@ def test_random_model_fails_and_comparisons_share_items(checkpoint, tmp_path):
     assert validate(json.loads((out / "eval.json").read_text())) == []
     names = [c["name"] for c in data["conditions"]]
     assert names == ["tiny", "yarn x2"]
-    assert [c["served_length"] for c in data["conditions"]] == [128, 256]
+    assert [c["served_length"] for c in data["conditions"]] == [256, 512]
     accuracy = [c["value"] for r in data["results"].values() for c in r["passkey"]["by_length"].values()]
     assert max(accuracy) <= 0.25  # 5 random digits from a random model: ~0
     items = [[(i["seed"], i["answer"]) for i in r["passkey"]["items"]] for r in data["results"].values()]
     assert items[0] == items[1]
-    ppl = [data["results"][n]["perplexity"]["by_length"]["128"]["value"] for n in names]
+    ppl = [data["results"][n]["perplexity"]["by_length"]["192"]["value"] for n in names]
     assert ppl[0] != ppl[1]  # the rope method really reached the rebuilt model
     for png in ("passkey.png", "passkey_heatmap.png", "perplexity.png"):
         assert (out / png).stat().st_size > 5000
@@ -72,16 +72,19 @@ def test_bad_input_is_one_error_listing_every_problem_before_loading(checkpoint,
     assert "unknown task(s) 'needle'" in text and "registered tasks:" in text
     assert "gone: model.name_or_path='/nonexistent/model' does not exist" in text
     assert not (checkpoint / "eval" / "needle").exists()
+    with pytest.raises(ConfigError, match="passkey at length 8: its shortest item is"):
+        run_eval(compose_cfg("model=hf", f"model.name_or_path={checkpoint}", "eval.tasks=[passkey]",
+                             "eval.lengths=[8]", "eval.depths=[0.5]", f"eval.output_dir={tmp_path}"))
     # Lengths are checked once the tasks are known: beyond 128 positions without scaling.
-    with pytest.raises(ConfigError, match=r"passkey needs inputs of \d+ tokens but tiny addresses 128.*"
+    with pytest.raises(ConfigError, match=r"passkey needs inputs of \d+ tokens but tiny addresses 256.*"
                                           r"eval.extrapolate=true"):
         run_eval(compose_cfg("model=hf", f"model.name_or_path={checkpoint}", "eval.tasks=[passkey]",
-                             "eval.lengths=[64,4096]", "eval.depths=[0.5]", f"eval.output_dir={tmp_path}"))
+                             "eval.lengths=[160,4096]", "eval.depths=[0.5]", f"eval.output_dir={tmp_path}"))
     # ... and scaling makes the same length addressable.
     prepared_ok = compose_cfg("model=hf", f"model.name_or_path={checkpoint}", "eval.tasks=[passkey]",
-                              "eval.lengths=[200]", "eval.depths=[0.5]", "eval.items_per_cell=1", "rope=yarn",
+                              "eval.lengths=[400]", "eval.depths=[0.5]", "eval.items_per_cell=1", "rope=yarn",
                               "rope.factor=2", f"eval.output_dir={tmp_path}")
-    assert run_eval(prepared_ok)["conditions"][0]["served_length"] == 256
+    assert run_eval(prepared_ok)["conditions"][0]["served_length"] == 512
 
 
 def test_tokenizer_without_eos_is_refused(checkpoint, tmp_path):
@@ -93,7 +96,7 @@ def test_tokenizer_without_eos_is_refused(checkpoint, tmp_path):
 def test_hub_sets_offline_are_an_error_not_a_skip(checkpoint, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = compose_cfg("model=hf", f"model.name_or_path={checkpoint}", "eval.tasks=[passkey,abacusai/LongChat-Lines]",
-                      "eval.lengths=[64]", "eval.depths=[0.5]")
+                      "eval.lengths=[128]", "eval.depths=[0.5]")
     with pytest.raises(ConfigError, match="abacusai/LongChat-Lines loads a Hub dataset, but HF_HUB_OFFLINE"):
         run_eval(cfg)
 
@@ -110,7 +113,7 @@ def test_command_line_end_to_end(checkpoint, tmp_path):
     out = tmp_path / "cli"
     run = subprocess.run(
         [sys.executable, "-m", "extend.eval", f"model={checkpoint}", "eval=quick", "eval.tasks=[passkey,kv]",
-         "eval.lengths=[96,192]", "eval.limit=1", "rope=linear", "rope.factor=2", f"eval.output_dir={out}"],
+         "eval.lengths=[128,192]", "eval.limit=1", "rope=linear", "rope.factor=2", f"eval.output_dir={out}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((out / "eval.json").read_text())

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from extend.config import EvalConfig
+from extend.config import ConfigError, EvalConfig
 from extend.eval.scoring import SCORERS
 from extend.tasks.synthetic import TaskItem
 
@@ -59,7 +59,12 @@ class GenerationTask:
     metric: str = "accuracy"
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig) -> list[Prompt]:
-        return self.build(tokenizer, cfg)
+        prompts = self.build(tokenizer, cfg)
+        too_short = sorted({(p.length, p.item.num_tokens) for p in prompts if p.item.num_tokens > p.length})
+        if too_short:
+            raise ConfigError([f"{self.name} at length {length}: its shortest item is {n} tokens with this "
+                               "tokenizer; drop that length from eval.lengths" for length, n in too_short])
+        return prompts
 
     def longest(self, prepared: list[Prompt]) -> int:
         return max(len(p.input_ids) + p.answer_tokens for p in prepared)
