@@ -21,7 +21,7 @@ def tokenizer():
 
 
 def _prompts(tokenizer, task, seed):
-    cfg = compose_cfg(f"eval.seed={seed}", "eval.lengths=[160,224]", "eval.items_per_cell=2", "eval.depths=[0.0,1.0]")
+    cfg = compose_cfg(f"eval.seed={seed}", "eval.lengths=[256,320]", "eval.items_per_cell=2", "eval.depths=[0.0,1.0]")
     return [(p.item.prompt, p.item.answer, p.cell) for p in TASKS[task].prepare(tokenizer, cfg.eval)]
 
 
@@ -32,7 +32,7 @@ def test_items_are_deterministic_by_seed(tokenizer, task):
     assert [a for _, a, _ in first] != [a for _, a, _ in other]
     assert len({a for _, a, _ in first}) > 1  # items within a run differ too
     cells = {c for _, _, c in first}
-    assert cells == {"160", "224"}
+    assert cells == {"256", "320"}
 
 
 @pytest.mark.parametrize("task", GENERATED)

@@ -60,10 +60,13 @@ class GenerationTask:
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig) -> list[Prompt]:
         prompts = self.build(tokenizer, cfg)
-        too_short = sorted({(p.length, p.item.num_tokens) for p in prompts if p.item.num_tokens > p.length})
+        too_short: dict[int, int] = {}
+        for p in prompts:
+            if p.item.num_tokens > p.length:
+                too_short[p.length] = min(p.item.num_tokens, too_short.get(p.length, p.item.num_tokens))
         if too_short:
             raise ConfigError([f"{self.name} at length {length}: its shortest item is {n} tokens with this "
-                               "tokenizer; drop that length from eval.lengths" for length, n in too_short])
+                               "tokenizer; drop that length from eval.lengths" for length, n in sorted(too_short.items())])
         return prompts
 
     def longest(self, prepared: list[Prompt]) -> int:
