@@ -70,3 +70,13 @@ def test_schema_accepts_a_conforming_document_and_names_each_departure():
     assert any("by_length.64.n: expected" in p and "bool" in p for p in problems)
     assert any("unexpected key 'colour'" in p for p in problems)
     assert len(problems) == 4
+
+
+def test_readme_documents_every_schema_key():
+    from extend.config import REPO_ROOT
+    from extend.eval.schema import CELL, CONDITION, EVAL_JSON, ITEM, TASK_RESULT
+
+    section = (REPO_ROOT / "extend/eval/README.md").read_text().split("## eval.json")[1].split("\n## ")[0]
+    for spec in (EVAL_JSON, CONDITION, TASK_RESULT, CELL, ITEM):
+        for key in spec:
+            assert f"`{key}`" in section, key

@@ -95,3 +95,23 @@ def test_perplexity_task_over_local_files(tokenizer, tmp_path):
                            f"eval.perplexity.paths=[{tmp_path}/*.txt]")
     with pytest.raises(ConfigError, match="no document .* is that long"):
         TASKS["perplexity"].prepare(tokenizer, too_long.eval)
+
+
+def test_hub_rows_become_prompts_scored_like_giraffe(tokenizer):
+    """Rows shaped like Giraffe's sets (no network): seeded choice per split, splits too long are left out."""
+    from extend.eval.hub import _lines_row, _wikiqa_row, hub_prompts
+
+    cfg = compose_cfg("eval.lengths=[256]", "eval.items_per_cell=2").eval
+    rows = {"200": [{"prompt": f"line {i}: REGISTER_CONTENT is <{1000 + i}>", "expected_number": 1000 + i}
+                    for i in range(5)],
+            "900": [{"prompt": "The grass is green. " * 200, "expected_number": 1}]}
+    prompts = hub_prompts(tokenizer, cfg, "abacusai/LongChat-Lines", rows, _lines_row)
+    assert {p.cell for p in prompts} == {"200"} and len(prompts) == 2
+    assert prompts == hub_prompts(tokenizer, cfg, "abacusai/LongChat-Lines", rows, _lines_row)
+    assert all(p.item.answer == f" {1000 + p.item.seed}" for p in prompts)
+    assert TASKS["abacusai/LongChat-Lines"].scorer == "first_number"
+    qa = {"conversations": [{"value": "Document ... When was it founded?"}, {"value": "1887"}]}
+    assert _wikiqa_row(qa) == ("Document ... When was it founded?", " 1887")
+    assert TASKS["abacusai/WikiQA-Altered_Numeric_QA"].scorer == "presence"
+    with pytest.raises(ConfigError, match="no split fits"):
+        hub_prompts(tokenizer, cfg, "abacusai/LongChat-Lines", {"900": rows["900"]}, _lines_row)

@@ -46,7 +46,7 @@ def load_splits(repo: str) -> dict[str, list[dict]]:
 
     try:
         data = load_dataset(repo)
-    except Exception as err:  # datasets raises OSError, httpx and hub errors for the same "cannot reach"
+    except (OSError, ValueError) as err:  # unreachable Hub: ConnectionError; unknown name: FileNotFoundError
         raise ConfigError([f"eval task {repo} could not load the Hub dataset ({err.__class__.__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}); run where the Hub is reachable or "
                            "drop the task (offline, use passkey / lines / kv / numeric_qa)"]) from err
