@@ -10,6 +10,7 @@ import pytest
 from extend.config import ConfigError, REPO_ROOT
 from extend.eval import run_eval
 from extend.eval.__main__ import expand_model_shortcut
+from extend.eval.report import render_report
 from extend.eval.schema import validate
 from tests.eval_helpers import Copier, CopierConfig, compose_cfg, make_tokenizer, save_tiny_checkpoint
 
@@ -46,6 +47,7 @@ def test_random_model_fails_and_comparisons_share_items(checkpoint, tmp_path):
     data = run_eval(cfg)
     out = checkpoint / "eval"  # default: next to the checkpoint
     assert validate(json.loads((out / "eval.json").read_text())) == []
+    assert data["complete"] is True
     names = [c["name"] for c in data["conditions"]]
     assert names == ["tiny", "yarn x2"]
     assert [c["served_length"] for c in data["conditions"]] == [256, 512]
@@ -60,6 +62,11 @@ def test_random_model_fails_and_comparisons_share_items(checkpoint, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| yarn x2 |" in report and "## passkey" in report and "](passkey_heatmap.png)" in report
+    assert "Partial" not in report
+    # What a run stopped after its first model leaves behind.
+    partial = dict(data, complete=False, results={"tiny": data["results"]["tiny"]})
+    assert validate(partial) == []
+    assert "**Partial**: 1 of 2 models" in render_report(partial)
 
 
 def test_bad_input_is_one_error_listing_every_problem_before_loading(checkpoint, tmp_path):

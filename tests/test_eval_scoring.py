@@ -52,6 +52,7 @@ def _valid():
     return {
         "schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "model": "m", "tokenizer": "t", "config": {},
         "conditions": [{"name": "m", "model": "m", "rope": None, "rope_parameters": {}, "served_length": 64}],
+        "complete": True,
         "results": {"m": {"passkey": {"metric": "accuracy", "by_length": {"64": _cell()},
                                       "by_length_depth": {"64": {"0.5": _cell()}}}}},
     }

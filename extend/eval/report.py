@@ -26,6 +26,8 @@ def render_report(data: dict) -> str:
         "",
         f"Tokenizer `{data['tokenizer']}`, written {data['created']}. Every model answers the same items "
         f"(seed {data['config']['seed']}). {BEYOND} = beyond the length that model addresses.",
+        *([] if data["complete"] else ["", f"**Partial**: {len(names)} of {len(data['conditions'])} models "
+                                           "evaluated so far."]),
         "",
         "## Compared models",
         "",

@@ -116,16 +116,7 @@ def run_eval(cfg: ExtendConfig | DictConfig, model: PreTrainedModel | None = Non
     """
     cfg = _typed(cfg)
     conditions, tokenizer, prepared = prepare(cfg, model, tokenizer)
-    results: dict[str, dict] = {}
-    for condition in conditions:
-        built = build_model(condition, cfg.seed)
-        results[condition.name] = {
-            name: TASKS[name].run(built, tokenizer, items, cfg.eval, condition.served_length)
-            for name, items in prepared.items()
-        }
-        if built is not condition.in_memory:
-            del built
-            gc.collect()
+    out = output_dir(cfg, model is not None)
     data = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -133,10 +124,22 @@ def run_eval(cfg: ExtendConfig | DictConfig, model: PreTrainedModel | None = Non
         "tokenizer": tokenizer.name_or_path or type(tokenizer).__name__,
         "config": OmegaConf.to_container(OmegaConf.structured(cfg.eval), resolve=True),
         "conditions": [c.describe() for c in conditions],
-        "results": results,
+        "complete": False,
+        "results": {},
     }
-    _check_finite(data)
-    write_outputs(data, output_dir(cfg, model is not None))
+    for condition in conditions:
+        built = build_model(condition, cfg.seed)
+        data["results"][condition.name] = {
+            name: TASKS[name].run(built, tokenizer, items, cfg.eval, condition.served_length)
+            for name, items in prepared.items()
+        }
+        if built is not condition.in_memory:
+            del built
+            gc.collect()
+        _check_finite(data)
+        data["complete"] = condition is conditions[-1]
+        # After every model, so a long evaluation that is stopped keeps what it measured.
+        write_outputs(data, out)
     return data
 
 

@@ -44,6 +44,7 @@ EVAL_JSON = {
     "tokenizer": (str, True),
     "config": (dict, True),
     "conditions": ([CONDITION], True),
+    "complete": (bool, True),  # false while models are still being evaluated (results has those done)
     "results": ({"*": {"*": TASK_RESULT}}, True),  # condition name -> task name -> task result
 }
 
