@@ -52,6 +52,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0]] + expand_model_shortcut(sys.argv[1:])
-    sys.argv += [o for o in _QUIET if o.split("=")[0] not in " ".join(sys.argv)]
+    args = expand_model_shortcut(sys.argv[1:])
+    # Before the user's arguments, so that flags such as `--cfg job` still come last for argparse.
+    sys.argv = [sys.argv[0]] + [o for o in _QUIET if o.split("=")[0] not in " ".join(args)] + args
     main()
