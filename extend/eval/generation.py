@@ -128,7 +128,7 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
     answers: list[str] = [""] * len(prompts)
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    device = model.device
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     for batch in tqdm(batches, desc=desc, leave=False):
         rows = [prompts[i].input_ids for i in batch]

@@ -9,10 +9,10 @@ in chunks from the decoder's hidden states, so a 16k window never materialises 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import math
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -90,7 +90,7 @@ class PerplexityTask:
 
     def run(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prepared: dict[int, list[Window]],
             cfg: EvalConfig, served_length: int) -> dict[str, Any]:
-        device = next(model.parameters()).device
+        device = model.device
         by_length = {}
         for length, windows in tqdm(prepared.items(), desc="perplexity", leave=False):
             total, count = 0.0, 0
