@@ -66,7 +66,8 @@ class GenerationTask:
                 too_short[p.length] = min(p.item.num_tokens, too_short.get(p.length, p.item.num_tokens))
         if too_short:
             raise ConfigError([f"{self.name} at length {length}: its shortest item is {n} tokens with this "
-                               "tokenizer; drop that length from eval.lengths" for length, n in sorted(too_short.items())])
+                               "tokenizer; drop that length from eval.lengths"
+                               for length, n in sorted(too_short.items())])
         return prompts
 
     def longest(self, prepared: list[Prompt]) -> int:

@@ -15,7 +15,8 @@ from extend.models import PRESETS, attention_for, build_random, load_base_config
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str, revision: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a folder or cached Hub id. One place, so that it can be pointed at the project's
     shared loader (extend.models.tokenizer) once that lands."""
     if name_or_path in PRESETS:

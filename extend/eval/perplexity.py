@@ -3,8 +3,9 @@
 For a window length L and stride S (default S = L), windows start at 0, S, 2S, ... inside each document
 long enough for one; the first window of a document scores its L-1 predictions, every later one only
 the last min(S, L-1) tokens, those the previous window did not reach, so no token is scored twice and
-each gets as much context as the window gives (with S = L, a window's first token goes unscored). Perplexity at L = exp(total negative log-likelihood / scored tokens). Logits are computed
-in chunks from the decoder's hidden states, so a 16k window never materialises 16k x vocab logits.
+each gets as much context as the window gives (with S = L, a window's first token goes unscored).
+Perplexity at L = exp(total negative log-likelihood / scored tokens). Logits are computed in chunks from
+the decoder's hidden states, so a 16k window never materialises 16k x vocab logits.
 """
 
 from __future__ import annotations
