@@ -1,5 +1,6 @@
 """Each task's items are a function of the seed; perplexity equals a direct computation."""
 
+import json
 import math
 import re
 
@@ -115,3 +116,18 @@ def test_hub_rows_become_prompts_scored_like_giraffe(tokenizer):
     assert TASKS["abacusai/WikiQA-Altered_Numeric_QA"].scorer == "presence"
     with pytest.raises(ConfigError, match="no split fits"):
         hub_prompts(tokenizer, cfg, "abacusai/LongChat-Lines", {"900": rows["900"]}, _lines_row)
+
+
+def test_perplexity_documents_from_a_local_dataset_folder(tokenizer, tmp_path):
+    rows = [{"text": "The sky is blue. " * 40, "id": 1}, {"text": "short", "id": 2}]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_cfg("eval.lengths=[64]", "eval.perplexity.source=dataset",
+                      f"eval.perplexity.dataset={tmp_path / 'data'}", "eval.perplexity.split=test")
+    windows = TASKS["perplexity"].prepare(tokenizer, cfg.eval)[64]
+    assert len(windows) == 2 and windows[0].input_ids == tokenizer.encode("The sky is blue. " * 40)[:64]
+    wrong = compose_cfg("eval.lengths=[64]", "eval.perplexity.source=dataset",
+                        f"eval.perplexity.dataset={tmp_path / 'data'}", "eval.perplexity.split=test",
+                        "eval.perplexity.text_column=body")
+    with pytest.raises(ConfigError, match=r"text_column=.body. is not a column .* \(columns: text, id\)"):
+        TASKS["perplexity"].prepare(tokenizer, wrong.eval)
