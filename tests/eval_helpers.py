@@ -86,7 +86,7 @@ class Copier(PreTrainedModel, GenerationMixin):
         n = len(tokens)
         for end in range(n - 1):  # candidate: tokens[..end] matches the suffix; predict tokens[end + 1]
             k = 0
-            while k <= end and tokens[end - k] == tokens[n - 1 - k] and n - 1 - k > end - k:
+            while k <= end and tokens[end - k] == tokens[n - 1 - k]:
                 k += 1
             if k > best_len:
                 best, best_len = tokens[end + 1], k
