@@ -32,6 +32,7 @@ PASSKEY = ["eval.tasks=[passkey]", "eval.lengths=[128,192]", "eval.depths=[0.0,0
 def test_a_perfect_copier_scores_100_percent_on_passkey(tokenizer, tmp_path):
     cfg = compose_cfg(*PASSKEY, f"eval.output_dir={tmp_path}")
     data = run_eval(cfg, model=Copier(CopierConfig(vocab_size=len(tokenizer))), tokenizer=tokenizer)
+    assert data["conditions"][0]["model"] == "<in memory>"
     block = data["results"]["model"]["passkey"]
     assert {k: c["value"] for k, c in block["by_length"].items()} == {"128": 1.0, "192": 1.0}
     assert all(c["value"] == 1.0 for cells in block["by_length_depth"].values() for c in cells.values())

@@ -57,8 +57,7 @@ class Condition:
     def describe(self) -> dict:
         return {
             "name": self.name,
-            "model": "<in memory>" if self.in_memory is not None and self.model.name_or_path is None
-            else self.model.name_or_path,
+            "model": "<in memory>" if self.in_memory is not None else self.model.name_or_path,
             "rope": None if self.rope.type == "none" else {
                 k: v for k, v in dataclasses.asdict(self.rope).items() if v is not None},
             "rope_parameters": dict(getattr(self.config, "rope_parameters", None) or {}),

@@ -58,13 +58,18 @@ def plot_heatmaps(data: dict, out: Path) -> list[Path]:
     tasks = [t for t, b in next(iter(data["results"].values())).items() if "by_length_depth" in b]
     for task in tasks:
         conditions = list(data["results"])
-        fig, axes = plt.subplots(1, len(conditions), figsize=(3.2 * len(conditions) + 1, 3.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(conditions), figsize=(3.2 * len(conditions) + 1, 3.6), squeeze=False,
+                                 constrained_layout=True)
         for ax, condition in zip(axes[0], conditions):
             grid = data["results"][condition][task]["by_length_depth"]
             lengths = sorted(grid, key=int)
             depths = sorted({d for cells in grid.values() for d in cells}, key=float)
             values = [[grid[length].get(d, {}).get("value", float("nan")) for length in lengths] for d in depths]
             image = ax.imshow(values, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+            for row, line in enumerate(values):
+                for col, value in enumerate(line):
+                    if value == value:  # not NaN
+                        ax.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7)
             ax.set_xticks(range(len(lengths)), lengths, rotation=45, fontsize=7)
             ax.set_yticks(range(len(depths)), depths, fontsize=7)
             ax.set_xlabel("length (tokens)")
