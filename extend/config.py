@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -228,6 +229,72 @@ class CurriculumConfig:
 
 
 @dataclass
+class PerplexityDataConfig:
+    """Held-out long documents for perplexity: a registered text source (extend/eval/texts.py)."""
+
+    # python_stdlib (the largest modules of this Python's standard library; always offline), files (the
+    # globs in `paths`), or dataset (a `datasets` name or local folder with `split` and `text_column`).
+    source: str = "python_stdlib"
+    paths: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "test"
+    text_column: str = "text"
+    # Documents read from the source (the longest first for python_stdlib).
+    max_documents: int = 8
+    # Windows slide by `stride` tokens; each scores only the tokens the previous window did not.
+    # None = the window length (disjoint windows, every token seen with 0..L-1 tokens of context).
+    stride: int | None = None
+    # Windows scored per length and condition (eval.limit caps this too).
+    max_windows: int = 4
+
+
+@dataclass
+class ComparisonConfig:
+    """One more model to put next to the evaluated one, on the same items."""
+
+    name: str = MISSING
+    # A folder, Hub id or preset; None = the evaluated model (e.g. with a training-free rope method).
+    name_or_path: str | None = None
+    # Applied to the comparison model's config before it is built (training-free scaling).
+    rope: RopeConfig = field(default_factory=RopeConfig)
+
+
+@dataclass
+class EvalConfig:
+    """What `python -m extend.eval` (and the end of a training run) measures; see extend/eval/README.md."""
+
+    # Registered task names (extend/eval/registry.py): perplexity, passkey, lines, kv, numeric_qa, and
+    # the Hub sets abacusai/LongChat-Lines, abacusai/WikiQA-Free_Form_QA, abacusai/WikiQA-Altered_Numeric_QA.
+    tasks: list[str] = field(default_factory=lambda: ["perplexity", "passkey", "lines", "kv", "numeric_qa"])
+    # Context lengths in tokens (prompt + answer for generation tasks, window length for perplexity).
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    # Passkey needle depths, 0 = start of the filler, 1 = its end.
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    # Generated items per (length) cell, per (length, depth) cell for passkey.
+    items_per_cell: int = 5
+    # Quick look: at most this many items per cell and windows per length (None = no cap).
+    limit: int | None = None
+    # Sequences per forward pass; long inputs are still run one batch at a time.
+    batch_size: int = 4
+    seed: int = 0
+    # Where eval.json, report.md and plots go; None = <model folder>/eval for a local model, else
+    # <output_dir>/eval.
+    output_dir: str | None = None
+    # Name of the evaluated model in the report; None = derived from its path and rope method.
+    name: str | None = None
+    # Tokenizer folder or Hub id; None = the model's own folder (presets have none: set this).
+    tokenizer: str | None = None
+    # Lengths beyond what a model (with its rope config) addresses are an error unless this is true:
+    # set it to measure the failure on purpose (the report marks those cells).
+    extrapolate: bool = False
+    # Tokens generated after the expected answer's length, so extra output is seen and scored.
+    extra_new_tokens: int = 4
+    comparisons: list[ComparisonConfig] = field(default_factory=list)
+    perplexity: PerplexityDataConfig = field(default_factory=PerplexityDataConfig)
+
+
+@dataclass
 class ExtendConfig:
     """The composed config of one run."""
 
@@ -240,6 +307,7 @@ class ExtendConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:

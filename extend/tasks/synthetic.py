@@ -9,6 +9,9 @@ protocol. Each item is a prompt that ends where the answer begins, and the answe
   about one line.
 - kv: key-value retrieval (Liu et al., 2023, "Lost in the Middle"): a JSON object of random hex keys and
   values, then the value of one key.
+- numeric_qa: in the spirit of Giraffe's AlteredNumericQA: a long record of facts about invented places,
+  every number drawn at random (so no model can know it from pretraining), then a question whose answer
+  is one of those numbers. Unlike passkey, every sentence is a distractor of the same form.
 """
 
 from __future__ import annotations
@@ -130,7 +133,46 @@ def kv(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
     return TaskItem("kv", prompt, answer, n, length, pick, seed)
 
 
-TASKS = ("passkey", "lines", "kv")
+_PLACES = (
+    "Arden Brayford Calloway Dunmere Elsworth Farrowby Glenhurst Halcombe Irvale Jessamy Kelderby Lowmarsh "
+    "Merriton Northwold Oakhaven Pellingham Quarrendon Rushcombe Stanwick Thornbury Ulverdale Westerleigh"
+).split()
+# (question about the quantity, sentence that states it, digits of the random value)
+_FACTS = (
+    ("In which year was {place} founded", "{place} was founded in the year {value}.", 4),
+    ("How many people live in {place}", "The population of {place} is {value}.", 5),
+    ("How many metres above sea level does {place} lie", "{place} lies {value} metres above sea level.", 3),
+    ("How many bridges cross the river at {place}", "The river at {place} is crossed by {value} bridges.", 2),
+    ("How many books does the library of {place} hold", "The library of {place} holds {value} books.", 6),
+)
+
+
+def numeric_qa(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
+    """One numeric QA item: facts with random numbers about invented places, a question about one."""
+    rng = random.Random(seed)
+    facts = []
+    for i in range(4096):
+        place = f"{rng.choice(_PLACES)}-{rng.choice(_WORDS)}-{i}"
+        question, sentence, digits = _FACTS[rng.randrange(len(_FACTS))]
+        value = rng.randint(10 ** (digits - 1), 10 ** digits - 1)
+        facts.append((question.format(place=place), sentence.format(place=place, value=value), value))
+    pick = rng.random()
+
+    def build(n_facts: int) -> tuple[str, str]:
+        n_facts = max(n_facts, 1)
+        question, _, value = facts[min(int(pick * n_facts), n_facts - 1)]
+        body = " ".join(sentence for _, sentence, _ in facts[:n_facts])
+        prompt = (
+            "Read the record below and answer the question with a number from the record.\n"
+            f"{body}\nQuestion: {question}? Answer with the number only.\nAnswer:"
+        )
+        return prompt, f" {value}"
+
+    prompt, answer, n = _fit(tokenizer, length, build)
+    return TaskItem("numeric_qa", prompt, answer, n, length, pick, seed)
+
+
+TASKS = ("passkey", "lines", "kv", "numeric_qa")
 
 
 def cell_seed(seed: int, task: str, length: int, depth: float | None, index: int) -> int:
@@ -154,7 +196,7 @@ def generate(
                 for i in range(num_items):
                     items.append(passkey(tokenizer, length, depth, cell_seed(seed, task, length, depth, i)))
         else:
-            fn = lines if task == "lines" else kv
+            fn = {"lines": lines, "kv": kv, "numeric_qa": numeric_qa}[task]
             for i in range(num_items):
                 items.append(fn(tokenizer, length, cell_seed(seed, task, length, None, i)))
     return items

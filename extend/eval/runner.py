@@ -1,0 +1,152 @@
+"""`run_eval`: validate everything, prepare the items once, score each compared model, write the results.
+
+Order matters: every check that needs no weights (config values, model paths, rope methods, tokenizer,
+items and their lengths against each model's addressable length, Hub reachability) runs first and fails
+with one ConfigError listing every problem; only then is any model loaded, one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from extend.config import ConfigError, EvalConfig, ExtendConfig
+from extend.eval.loading import Condition, build_model, check_tokenizer, load_tokenizer, resolve_conditions
+from extend.eval.registry import TASKS
+from extend.eval.report import write_outputs
+from extend.eval.schema import SCHEMA_VERSION
+
+
+def check_eval_config(cfg: EvalConfig) -> list[str]:
+    """Value checks on `eval.*` alone."""
+    problems = []
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        problems.append(f"eval.tasks: unknown task(s) {', '.join(map(repr, unknown))}; registered tasks: "
+                        f"{', '.join(TASKS)}")
+    if not cfg.tasks:
+        problems.append("eval.tasks is empty: name at least one task")
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        problems.append(f"eval.tasks={cfg.tasks} names a task twice")
+    if not cfg.lengths or any(n < 2 for n in cfg.lengths):
+        problems.append(f"eval.lengths={cfg.lengths} must be a non-empty list of lengths >= 2 tokens")
+    if len(set(cfg.lengths)) != len(cfg.lengths):
+        problems.append(f"eval.lengths={cfg.lengths} lists a length twice")
+    if not cfg.depths or any(not 0.0 <= d <= 1.0 for d in cfg.depths):
+        problems.append(f"eval.depths={cfg.depths} must be fractions in [0, 1]")
+    for key in ("items_per_cell", "batch_size"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"eval.{key}={getattr(cfg, key)} must be >= 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        problems.append(f"eval.limit={cfg.limit} must be >= 1 (or null for no cap)")
+    if cfg.perplexity.max_windows < 1:
+        problems.append(f"eval.perplexity.max_windows={cfg.perplexity.max_windows} must be >= 1")
+    if cfg.extra_new_tokens < 0:
+        problems.append(f"eval.extra_new_tokens={cfg.extra_new_tokens} must be >= 0")
+    return problems
+
+
+def output_dir(cfg: ExtendConfig, model_given: bool) -> Path:
+    """eval.output_dir, else <model folder>/eval for a local model, else <output_dir>/eval."""
+    if cfg.eval.output_dir:
+        return Path(cfg.eval.output_dir).expanduser()
+    local = Path(cfg.model.name_or_path).expanduser()
+    if not model_given and local.is_dir():
+        return local / "eval"
+    return Path(cfg.output_dir) / "eval"
+
+
+def _typed(cfg: ExtendConfig | DictConfig) -> ExtendConfig:
+    return cfg if isinstance(cfg, ExtendConfig) else OmegaConf.to_object(cfg)
+
+
+def prepare(cfg: ExtendConfig, model: PreTrainedModel | None = None,
+            tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[list[Condition], PreTrainedTokenizerBase, dict]:
+    """Every check and every item, before any weights load. Raises one ConfigError with all problems."""
+    ecfg = cfg.eval
+    problems = check_eval_config(ecfg)
+    conditions, found = resolve_conditions(cfg, model)
+    problems += found
+    if tokenizer is None:
+        try:
+            tokenizer = load_tokenizer(ecfg.tokenizer or cfg.model.name_or_path, cfg.model.revision,
+                                       cfg.model.trust_remote_code)
+        except ConfigError as err:
+            problems += err.problems
+    if tokenizer is not None:
+        problems += check_tokenizer(tokenizer)
+    if problems:
+        raise ConfigError(problems)
+
+    prepared: dict[str, Any] = {}
+    for name in ecfg.tasks:
+        try:
+            prepared[name] = TASKS[name].prepare(tokenizer, ecfg)
+        except ConfigError as err:
+            problems += err.problems
+    if problems:
+        raise ConfigError(problems)
+
+    if not ecfg.extrapolate:
+        for name, items in prepared.items():
+            need = TASKS[name].longest(items)
+            for c in conditions:
+                if need > c.served_length:
+                    problems.append(
+                        f"{name} needs inputs of {need} tokens but {c.name} addresses {c.served_length} (its "
+                        f"max_position_embeddings and rope config): lower eval.lengths, apply a rope method "
+                        "(rope=yarn rope.factor=...), or set eval.extrapolate=true to measure beyond on purpose")
+    if problems:
+        raise ConfigError(problems)
+    return conditions, tokenizer, prepared
+
+
+def run_eval(cfg: ExtendConfig | DictConfig, model: PreTrainedModel | None = None,
+             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
+    """Evaluate `model` (or cfg.model) and every `eval.comparisons` entry on the same items; write
+    eval.json, report.md and plots to `output_dir(cfg)`; return the eval.json content.
+
+    A model handed in (end of training) is evaluated as it is: `cfg.rope` is already in its config.
+    """
+    cfg = _typed(cfg)
+    conditions, tokenizer, prepared = prepare(cfg, model, tokenizer)
+    out = output_dir(cfg, model is not None)
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": cfg.model.name_or_path if model is None else "<in memory>",
+        "tokenizer": tokenizer.name_or_path or type(tokenizer).__name__,
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg.eval), resolve=True),
+        "conditions": [c.describe() for c in conditions],
+        "complete": False,
+        "results": {},
+    }
+    for condition in conditions:
+        built = build_model(condition, cfg.seed)
+        data["results"][condition.name] = {
+            name: TASKS[name].run(built, tokenizer, items, cfg.eval, condition.served_length)
+            for name, items in prepared.items()
+        }
+        if built is not condition.in_memory:
+            del built
+            gc.collect()
+        _check_finite(data)
+        data["complete"] = condition is conditions[-1]
+        # After every model, so a long evaluation that is stopped keeps what it measured.
+        write_outputs(data, out)
+    return data
+
+
+def _check_finite(data: dict) -> None:
+    """NaN is not JSON: a perplexity that overflowed is stored as null and said so in the report."""
+    for tasks in data["results"].values():
+        for block in tasks.values():
+            for cell in block["by_length"].values():
+                if not math.isfinite(cell["value"]):
+                    cell["value"] = None
