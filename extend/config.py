@@ -232,7 +232,8 @@ class CurriculumConfig:
 class PerplexityDataConfig:
     """Held-out long documents for perplexity: a registered text source (extend/eval/texts.py)."""
 
-    # python_stdlib (the largest modules of this Python's standard library; always offline), files (the
+    # python_stdlib (the largest modules of this Python's standard library; always offline), stdlib_heldout
+    # (the standard-library files the `stdlib` data source never reads: held out from the tiny models), files (the
     # globs in `paths`), or dataset (a `datasets` name or local folder with `split` and `text_column`).
     source: str = "python_stdlib"
     paths: list[str] = field(default_factory=list)
@@ -292,6 +293,9 @@ class EvalConfig:
     extra_new_tokens: int = 4
     comparisons: list[ComparisonConfig] = field(default_factory=list)
     perplexity: PerplexityDataConfig = field(default_factory=PerplexityDataConfig)
+    # Run this evaluation on the export at the end of extend/train.py (into <run>/final/eval unless
+    # output_dir is set), with the comparisons above next to it.
+    after_training: bool = False
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python extend/train.py`: make the repository importable
@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
-from extend.config import CONF_DIR, ConfigError, ExtendConfig
+from extend.config import CONF_DIR, ConfigError, ExtendConfig, RopeConfig
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
 from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
@@ -190,6 +190,14 @@ def setup(cfg: ExtendConfig) -> Run:
     addressable = config_served_lengths(model_config, None)["transformers"]
     adapter = build_adapter(cfg.adapter)
     problems = check_training(cfg, accelerator.num_processes, addressable)
+    if cfg.eval.after_training:
+        from extend.eval.runner import check_eval_config
+
+        problems += check_eval_config(cfg.eval)
+        too_long = [n for n in cfg.eval.lengths if n > addressable]
+        if too_long and not cfg.eval.extrapolate:
+            problems.append(f"eval.lengths {too_long} exceed the {addressable} positions the export will address; "
+                            "drop them or set eval.extrapolate=true")
     # The adapter checks module names on a weightless copy of the model (meta device): no memory, no I/O.
     with torch.device("meta"):
         problems += adapter.check(AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa")))
@@ -350,12 +358,27 @@ def export(run: Run) -> Path:
     return final
 
 
+def evaluate_export(cfg: ExtendConfig, final: Path) -> None:
+    """eval.after_training: the exported folder, loaded as a user would, next to eval.comparisons."""
+    from extend.eval import run_eval  # the evaluation stack is only needed when asked for
+
+    evaluated = replace(
+        cfg,
+        model=replace(cfg.model, name_or_path=str(final)),
+        rope=RopeConfig(),  # the export's config already carries the method
+        eval=replace(cfg.eval, output_dir=cfg.eval.output_dir or str(final / "eval"), name=cfg.eval.name or cfg.run_name),
+    )
+    run_eval(evaluated)
+
+
 def train(cfg: ExtendConfig) -> Path:
     """The whole run for a composed, typed config; returns the export folder."""
     run = setup(cfg)
     fit(run)
     final = export(run)
     run.accelerator.end_training()
+    if cfg.eval.after_training and run.accelerator.is_main_process:
+        evaluate_export(cfg, final)
     return final
 
 

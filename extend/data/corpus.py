@@ -29,6 +29,21 @@ def stdlib_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+# Every HELDOUT_EVERY-th file (by sorted position) is held out of the `stdlib` data source, so that
+# perplexity on the built-in corpus (eval.perplexity.source=stdlib_heldout) is measured on unseen text.
+HELDOUT_EVERY = 16
+
+
+def stdlib_training_files() -> list[Path]:
+    """The files the `stdlib` data source reads: all but the held-out ones."""
+    return [p for i, p in enumerate(stdlib_files()) if i % HELDOUT_EVERY]
+
+
+def stdlib_heldout_files() -> list[Path]:
+    """The files no `stdlib` data source ever reads, for held-out perplexity."""
+    return stdlib_files()[::HELDOUT_EVERY]
+
+
 def read_document(path: Path) -> str:
     # errors="replace" keeps the corpus identical on a machine whose stdlib holds a stray non-UTF-8 byte.
     return path.read_text(encoding="utf-8", errors="replace")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from extend.config import SourceConfig
-from extend.data.corpus import python_version, read_document, stdlib_files
+from extend.data.corpus import python_version, read_document, stdlib_training_files
 from extend.tasks import synthetic
 
 FORMATS = ("text", "chat")
@@ -131,7 +131,7 @@ def _digest(*parts) -> str:
 
 
 def _load_stdlib(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
-    files = stdlib_files()
+    files = stdlib_training_files()
     if src.max_documents is not None:
         files = files[: src.max_documents]
     docs = [read_document(p) for p in files]

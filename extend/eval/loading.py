@@ -7,26 +7,27 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from extend.config import ConfigError, ExtendConfig, ModelConfig, RopeConfig
-from extend.models import PRESETS, attention_for, build_random, load_base_config
+from extend.models import PRESETS, attention_for, load_base_config, load_base_model
+from extend.models.loading import model_location
+from extend.models.tokenizer import TINY as TINY_TOKENIZER
+from extend.models.tokenizer import load_tokenizer as load_shared_tokenizer
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None,
                    trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a folder or cached Hub id. One place, so that it can be pointed at the project's
-    shared loader (extend.models.tokenizer) once that lands."""
+    """The tokenizer of a model folder, `tiny-base`, a cached Hub id, or the built-in `tiny` tokenizer."""
     if name_or_path in PRESETS:
         raise ConfigError([f"{name_or_path!r} is a randomly initialised preset without a tokenizer: set "
-                           "eval.tokenizer=FOLDER_OR_HUB_ID"])
-    path = Path(name_or_path).expanduser()
-    if not path.exists() and name_or_path.startswith((".", "/", "~")):
-        raise ConfigError([f"tokenizer {name_or_path!r} does not exist: set eval.tokenizer to a folder with one"])
+                           "eval.tokenizer=FOLDER_OR_HUB_ID (or tiny)"])
+    if name_or_path == TINY_TOKENIZER:
+        return load_shared_tokenizer(TINY_TOKENIZER)
+    location = model_location(ModelConfig(name_or_path=name_or_path))
     try:
-        return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError([f"no tokenizer could be loaded from {name_or_path!r} ({err.__class__.__name__}: "
                            f"{str(err).splitlines()[0]}); set eval.tokenizer to a folder or cached Hub id"]) from err
@@ -102,19 +103,15 @@ def build_model(condition: Condition, seed: int) -> PreTrainedModel:
     """The condition's model in eval mode: the given one, a rebuilt copy with a new method, a preset, or
     weights loaded with the rewritten config."""
     mc = condition.model
-    attn = attention_for(condition.config, mc.attn_implementation)
-    dtype = getattr(torch, mc.dtype)
     if condition.in_memory is not None:
         if condition.rope.type == "none":
             return condition.in_memory.eval()
         # Rotary buffers are not in the state dict: a model built from the new config and given the same
         # weights computes the new frequencies.
-        rebuilt = AutoModelForCausalLM.from_config(condition.config, attn_implementation=attn, dtype=dtype)
+        rebuilt = AutoModelForCausalLM.from_config(
+            condition.config, attn_implementation=attention_for(condition.config, mc.attn_implementation),
+            dtype=next(condition.in_memory.parameters()).dtype,
+        )
         rebuilt.load_state_dict(condition.in_memory.state_dict())
         return rebuilt.to(next(condition.in_memory.parameters()).device).eval()
-    if mc.name_or_path in PRESETS:
-        return build_random(condition.config, mc.attn_implementation, seed=seed, dtype=dtype).eval()
-    return AutoModelForCausalLM.from_pretrained(
-        str(Path(mc.name_or_path).expanduser()), config=condition.config, attn_implementation=attn, dtype=dtype,
-        revision=mc.revision, trust_remote_code=mc.trust_remote_code,
-    ).eval()
+    return load_base_model(mc, condition.config, seed=seed).eval()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from extend.config import ConfigError, PerplexityDataConfig
+from extend.data.corpus import read_document, stdlib_heldout_files
 
 
 def python_stdlib(cfg: PerplexityDataConfig) -> list[str]:
@@ -18,6 +19,13 @@ def python_stdlib(cfg: PerplexityDataConfig) -> list[str]:
     files = [p for p in root.glob("*.py") if p.is_file()]
     files.sort(key=lambda p: (-p.stat().st_size, p.name))
     return [p.read_text(encoding="utf-8", errors="replace") for p in files[: cfg.max_documents]]
+
+
+def stdlib_heldout(cfg: PerplexityDataConfig) -> list[str]:
+    """The standard-library files the `stdlib` data source holds out (extend/data/corpus.py), longest
+    first: text that models trained on the built-in corpus (the tiny base and recipe) never saw."""
+    heldout = sorted(stdlib_heldout_files(), key=lambda p: (-p.stat().st_size, p.name))
+    return [read_document(p) for p in heldout[: cfg.max_documents]]
 
 
 def files(cfg: PerplexityDataConfig) -> list[str]:
@@ -52,6 +60,7 @@ def dataset(cfg: PerplexityDataConfig) -> list[str]:
 
 SOURCES: dict[str, Callable[[PerplexityDataConfig], list[str]]] = {
     "python_stdlib": python_stdlib,
+    "stdlib_heldout": stdlib_heldout,
     "files": files,
     "dataset": dataset,
 }
