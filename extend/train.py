@@ -22,11 +22,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python extend/train.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hydra
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
@@ -34,7 +32,8 @@ from transformers import AutoModelForCausalLM
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
-from extend.config import CONF_DIR, ConfigError, ExtendConfig, RopeConfig
+from extend.cli import run_cli
+from extend.config import ConfigError, ExtendConfig, RopeConfig
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
 from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
@@ -382,14 +381,5 @@ def train(cfg: ExtendConfig) -> Path:
     return final
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        train(OmegaConf.to_object(cfg))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    main()
+    run_cli(train, job_name="train")

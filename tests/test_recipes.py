@@ -31,6 +31,8 @@ def typed(recipe: str, *overrides: str):
 def base_config_of(cfg):
     if cfg.model.name_or_path in PRESETS:
         return load_base_config(cfg.model)
+    if cfg.model.name_or_path == "tiny-base":  # the export of recipes/tiny_base.yaml: that preset, trained
+        return PRESETS["tiny-base-llama"]()
     if cfg.model.name_or_path == "outputs/yarn_64k/final":  # the checkpoint yarn_64k exports
         first = typed("yarn_64k")
         base = STAND_INS[first.model.name_or_path]

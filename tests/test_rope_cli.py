@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_report_for_the_tiny_recipe(compose_config):
-    report = rope_report(OmegaConf.to_object(compose_config("recipe=tiny")))
-    assert "original length L = 64, factor s = 8 -> extended length 512" in report
+    # The tiny base's architecture without its weights: inspecting needs only the config.
+    report = rope_report(OmegaConf.to_object(compose_config("recipe=tiny", "model.cache_dir=/nonexistent")))
+    assert "original length L = 128, factor s = 8 -> extended length 1024" in report
     assert "attention factor (scales cos and sin) = 1.207944" in report  # 0.1 ln 8 + 1
-    assert "vLLM max_model_len:          512" in report
+    assert "vLLM max_model_len:          1024" in report
     assert '"rope_type": "yarn"' in report
-    assert len([l for l in report.splitlines() if l.strip().split(" ")[0].isdigit()]) == 8  # one row per dim
+    assert len([l for l in report.splitlines() if l.strip().split(" ")[0].isdigit()]) == 16  # one row per dim
 
 
 def test_report_rejects_bad_settings(compose_config):

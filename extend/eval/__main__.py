@@ -8,16 +8,11 @@ file of conf/model/ is shorthand for `model=hf model.name_or_path=X`. `--help` l
 
 import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
 import extend  # noqa: F401  (registers entropy_abf)
-from extend.config import CONF_DIR, ConfigError, ExtendConfig
+from extend.cli import run_cli
+from extend.config import CONF_DIR, ExtendConfig
 from extend.eval import run_eval
 from extend.eval.runner import output_dir
-
-# Results go to the eval folder; Hydra writes no run folder or log files of its own.
-_QUIET = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 
 def expand_model_shortcut(argv: list[str]) -> list[str]:
@@ -33,15 +28,9 @@ def expand_model_shortcut(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    typed: ExtendConfig = OmegaConf.to_object(cfg)
-    try:
-        data = run_eval(typed)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    out = output_dir(typed, model_given=False)
+def evaluate(cfg: ExtendConfig) -> None:
+    data = run_eval(cfg)
+    out = output_dir(cfg, model_given=False)
     print(f"wrote {out / 'eval.json'}, {out / 'report.md'} and plots")
     for name, tasks in data["results"].items():
         summary = ", ".join(
@@ -52,7 +41,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    args = expand_model_shortcut(sys.argv[1:])
-    # Before the user's arguments, so that flags such as `--cfg job` still come last for argparse.
-    sys.argv = [sys.argv[0]] + [o for o in _QUIET if o.split("=")[0] not in " ".join(args)] + args
-    main()
+    # Results go to the eval folder; Hydra writes no run folder or log files of its own.
+    run_cli(evaluate, job_name="eval", quiet=True, argv=expand_model_shortcut(sys.argv[1:]))

@@ -37,8 +37,11 @@ def load_base_config(model: ModelConfig, tokenizer=None) -> PreTrainedConfig:
 
     A preset (random weights) takes its vocabulary size and special tokens from `tokenizer` when given.
     """
-    if model.name_or_path in PRESETS:
-        config = PRESETS[model.name_or_path]()
+    # The tiny base's config is its preset's: asking for it (rope inspection, validation) must not
+    # start the few-minute build that only its weights need.
+    unbuilt_tiny_base = model.name_or_path == tiny_base.NAME and not tiny_base.is_built(model.cache_dir)
+    if model.name_or_path in PRESETS or unbuilt_tiny_base:
+        config = PRESETS[tiny_base.PRESET if unbuilt_tiny_base else model.name_or_path]()
         if tokenizer is not None:
             config.vocab_size = len(tokenizer)
             config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -20,6 +20,8 @@ from extend.config import CONF_DIR, RECIPES_DIR, REPO_ROOT
 from extend.models.presets import TINY_BASE_SHAPE
 
 NAME = "tiny-base"
+# The preset whose architecture the tiny base trains (recipes/tiny_base.yaml).
+PRESET = "tiny-base-llama"
 DEFINITION = (
     RECIPES_DIR / "tiny_base.yaml",
     CONF_DIR / "data" / "tiny_base.yaml",
@@ -41,10 +43,14 @@ def cached_path(cache_dir: str) -> Path:
     return Path(cache_dir).expanduser() / f"{NAME}-{fingerprint()}"
 
 
+def is_built(cache_dir: str) -> bool:
+    return (cached_path(cache_dir) / "config.json").exists()
+
+
 def ensure_tiny_base(cache_dir: str) -> Path:
     """The cached tiny base, built first if it is not there (a few minutes on 2 CPU cores)."""
     folder = cached_path(cache_dir)
-    if (folder / "config.json").exists():
+    if is_built(cache_dir):
         return folder
     work = folder.with_name(folder.name + ".build")
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
