@@ -8,6 +8,7 @@ the files that define the base, so editing the recipe builds a new one instead o
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -48,10 +49,21 @@ def is_built(cache_dir: str) -> bool:
 
 
 def ensure_tiny_base(cache_dir: str) -> Path:
-    """The cached tiny base, built first if it is not there (a few minutes on 2 CPU cores)."""
+    """The cached tiny base, built first if it is not there (a few minutes on 2 CPU cores). Concurrent
+    callers (two runs, or the ranks of one) wait on a lock and build it once."""
     folder = cached_path(cache_dir)
     if is_built(cache_dir):
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_built(cache_dir):
+            _build(folder)
+    return folder
+
+
+def _build(folder: Path) -> None:
+    # An interrupted build resumes: data_prep and train.py both continue from what they left in `work`.
     work = folder.with_name(folder.name + ".build")
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
     overrides = [f"data.output_dir={work / 'data'}", f"output_dir={work / 'run'}"]
@@ -64,4 +76,3 @@ def ensure_tiny_base(cache_dir: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work / "run" / "final", folder)
     shutil.rmtree(work, ignore_errors=True)
-    return folder
