@@ -45,7 +45,7 @@ def test_recipe_composes_and_validates(recipe):
     text = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()
     assert text[0] == "# @package _global_"
     header = "\n".join(line for line in text if line.startswith("#"))
-    for part in ("Command", "Hardware:", "Expected results:"):
+    for part in ("Command", "Hardware:", "Expected results"):
         assert part in header, f"{recipe}: the header must state {part}"
     cfg = typed(recipe, "data.sources.chats.path=x.jsonl" if recipe == "entropy_abf_16k" else "run_name=" + recipe)
     assert cfg.run_name == recipe
