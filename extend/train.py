@@ -28,7 +28,7 @@ from accelerate.utils import set_seed
 from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedConfig, PreTrainedTokenizerBase
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
@@ -71,14 +71,14 @@ class ChunkedCausalLM(nn.Module):
 class Run:
     cfg: ExtendConfig
     accelerator: Accelerator
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     model: nn.Module  # ChunkedCausalLM, prepared by accelerate
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     stages: list[Stage]
     state: TrainState
-    model_config: object  # the base's config with the position method, as the export carries it
+    model_config: PreTrainedConfig  # the base's config with the position method, as the export carries it
     manifest: dict
     run_dir: Path
 
