@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Protocol
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+FILLER_WORDS = FILLER.split()
 PASSKEY_INTRO = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
     "I will quiz you about the important information there."
@@ -77,11 +78,12 @@ def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int) -> TaskI
     key = rng.randint(10000, 99999)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
 
-    def build(units: int) -> tuple[str, str]:
-        before = round(units * depth)
-        filler_before = " ".join([FILLER] * before)
-        filler_after = " ".join([FILLER] * (units - before))
-        parts = [PASSKEY_INTRO, filler_before, needle, filler_after, PASSKEY_QUESTION]
+    def build(words: int) -> tuple[str, str]:
+        # Filler by the word, not by the sentence, so lengths and needle positions vary token by token and
+        # a model cannot find the key by its position in a handful of fixed layouts.
+        filler = (FILLER_WORDS * (words // len(FILLER_WORDS) + 1))[:words]
+        before = round(words * depth)
+        parts = [PASSKEY_INTRO, " ".join(filler[:before]), needle, " ".join(filler[before:]), PASSKEY_QUESTION]
         return " ".join(p for p in parts if p), f" {key}"
 
     prompt, answer, n = _fit(tokenizer, length, build)
