@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING
-
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 

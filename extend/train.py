@@ -49,6 +49,11 @@ from extend.training.schedule import SCHEDULES, build_scheduler
 _NOT_FINGERPRINTED = {"train": ("resume", "log_every", "tracker", "max_steps", "checkpoint_every", "keep_checkpoints")}
 
 
+def causal_lm_of(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 class ChunkedCausalLM(nn.Module):
     """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
 
@@ -59,7 +64,7 @@ class ChunkedCausalLM(nn.Module):
 
     @property
     def causal_lm(self) -> nn.Module:
-        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        return causal_lm_of(self.model)
 
     def forward(self, input_ids, labels, position_ids):
         lm = self.causal_lm
@@ -216,8 +221,7 @@ def setup(cfg: ExtendConfig) -> Run:
     model = load_base_model(cfg.model, model_config, seed=cfg.seed, quantize=cfg.adapter.quantize)
     model = adapter.attach(model)
     if cfg.train.gradient_checkpointing:
-        causal = model.get_base_model() if isinstance(model, PeftModel) else model
-        causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     accelerator.print(f"{cfg.adapter.type}: {trainable:,} trainable of {total:,} parameters")
 
