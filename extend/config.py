@@ -297,6 +297,26 @@ class EvalConfig:
 
 
 @dataclass
+class AccelerateConfig:
+    """How the run is distributed (conf/accelerate/): plain data parallel or DeepSpeed ZeRO, built into the
+    Accelerator by extend/train.py, so a recipe or `accelerate=zero3` picks it whatever the launcher."""
+
+    # The option's name, recorded in the run card (each file in conf/accelerate/ sets its own).
+    name: str = "ddp"
+    # ddp (one process is the same loop without communication) or deepspeed.
+    strategy: str = "ddp"
+    # DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters.
+    zero_stage: int = 2
+    # DeepSpeed offload of optimizer state / parameters (parameters need stage 3): none or cpu.
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+    # Sequence parallelism (DeepSpeed Ulysses through accelerate's ParallelismConfig): ranks per sequence.
+    # 1 = off. Needs strategy=deepspeed; the process count, attention heads and every stage length must
+    # divide by it.
+    sequence_parallel_size: int = 1
+
+
+@dataclass
 class ExtendConfig:
     """The composed config of one run."""
 
@@ -310,6 +330,7 @@ class ExtendConfig:
     data: DataConfig = field(default_factory=DataConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
 
 
 def register_configs() -> None:

@@ -29,6 +29,7 @@ from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedConfig, PreTrainedTokenizerBase
+from transformers.integrations import unset_hf_deepspeed_config
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
@@ -40,13 +41,18 @@ from extend.models import attention_for, load_base_config, load_base_model, save
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
-from extend.training.checkpoint import TrainState, load_latest, save_checkpoint
+from extend.training.checkpoint import (
+    Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
+)
+from extend.training.distributed import StopRequest, build_accelerator, check_accelerate, is_deepspeed
 from extend.training.loss import causal_lm_loss_sum, shifted_targets
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
 from extend.training.schedule import SCHEDULES, build_scheduler
 
 # Keys that change what a run computes; the rest (logging, resume policy, step cap) may differ on resume.
+# How the run is distributed is checked against the checkpoint's format instead (resume_checkpoint).
 _NOT_FINGERPRINTED = {"train": ("resume", "log_every", "tracker", "max_steps", "checkpoint_every", "keep_checkpoints")}
+_NOT_FINGERPRINTED_GROUPS = ("accelerate",)
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:
@@ -95,6 +101,8 @@ class Run:
 
 def config_fingerprint(cfg: ExtendConfig) -> str:
     data = asdict(cfg)
+    for group in _NOT_FINGERPRINTED_GROUPS:
+        data.pop(group)
     for group, keys in _NOT_FINGERPRINTED.items():
         for key in keys:
             data[group].pop(key, None)
@@ -180,7 +188,10 @@ def flat_config(cfg: ExtendConfig) -> dict[str, str | int | float | bool]:
 
 def setup(cfg: ExtendConfig) -> Run:
     tracker = tracker_for(cfg.train.tracker)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=tracker, project_dir=cfg.output_dir)
+    problems = check_accelerate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    accelerator = build_accelerator(cfg, tracker)
     set_seed(cfg.seed)
     run_dir = Path(cfg.output_dir)
 
@@ -194,6 +205,7 @@ def setup(cfg: ExtendConfig) -> Run:
     addressable = config_served_lengths(model_config, None)["transformers"]
     adapter = build_adapter(cfg.adapter)
     problems = check_training(cfg, accelerator.num_processes, addressable)
+    problems += check_accelerate(cfg, getattr(model_config, "num_attention_heads", None), accelerator.num_processes)
     if cfg.eval.after_training:
         from extend.eval.runner import check_eval_config
 
@@ -203,7 +215,7 @@ def setup(cfg: ExtendConfig) -> Run:
             problems.append(f"eval.lengths {too_long} exceed the {addressable} positions the export will address; "
                             "drop them or set eval.extrapolate=true")
     # The adapter checks module names on a weightless copy of the model (meta device): no memory, no I/O.
-    with torch.device("meta"):
+    with without_zero3_init(accelerator), torch.device("meta"):
         problems += adapter.check(AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa")))
     if problems:
         raise ConfigError(problems)
@@ -231,27 +243,71 @@ def setup(cfg: ExtendConfig) -> Run:
     )
     total_steps = sum(s.steps for s in stages)
     scheduler = build_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio)
-    state = TrainState(config_fingerprint=config_fingerprint(cfg))
-
+    state = TrainState(
+        config_fingerprint=config_fingerprint(cfg),
+        format="deepspeed" if is_deepspeed(accelerator) else "trainable",
+        processes=accelerator.num_processes,
+        accelerate=cfg.accelerate.name,
+    )
     checkpoint = load_latest(run_dir / "checkpoints")
-    if checkpoint is not None and cfg.train.resume == "never":
-        raise ConfigError([f"{run_dir} already has checkpoints; set train.resume=auto or choose another run_name"])
     if checkpoint is not None:
-        if checkpoint.state.config_fingerprint != state.config_fingerprint:
-            raise ConfigError(
-                [f"{checkpoint.folder} was written by a different config; resume with the same recipe and overrides, "
-                 "or choose another run_name"]
-            )
-        load_trainable_state(model, checkpoint.trainable)
-        checkpoint.restore_optimizer(optimizer, scheduler)
-        checkpoint.restore_rng()
-        state = checkpoint.state
-        accelerator.print(f"resumed from {checkpoint.folder} (step {state.step})")
+        check_resumable(cfg, checkpoint, state)
 
     if tracker is not None:
         accelerator.init_trackers(cfg.run_name, config=flat_config(cfg))
     wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
-    return Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest, run_dir)
+    run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest, run_dir)
+    if checkpoint is not None:
+        resume(run, checkpoint)
+    return run
+
+
+@contextlib.contextmanager
+def without_zero3_init(accelerator: Accelerator):
+    """A context in which models build whole, even under ZeRO-3 (whose plugin makes transformers partition
+    every new model). accelerate's own zero3_init_context_manager leaves transformers' flag set."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or not plugin.is_zero3_init_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
+def check_resumable(cfg: ExtendConfig, checkpoint: Checkpoint, state: TrainState) -> None:
+    """Refuse a checkpoint this run cannot continue exactly, saying how to continue it."""
+    found, folder = checkpoint.state, checkpoint.folder
+    if cfg.train.resume == "never":
+        raise ConfigError([f"{folder.parent.parent} already has checkpoints; set train.resume=auto or choose another run_name"])
+    if found.config_fingerprint != state.config_fingerprint:
+        raise ConfigError([f"{folder} was written by a different config; resume with the same recipe and overrides, "
+                           "or choose another run_name"])
+    if found.format != state.format:
+        raise ConfigError([f"{folder} holds a {found.format} checkpoint (accelerate={found.accelerate}); resume with "
+                           f"accelerate={found.accelerate}"])
+    if found.format == "deepspeed" and (found.processes, found.accelerate) != (state.processes, state.accelerate):
+        raise ConfigError([
+            f"{folder} holds DeepSpeed shards of accelerate={found.accelerate} on {found.processes} processes; this "
+            f"launch is accelerate={state.accelerate} on {state.processes}. Resume with the same option and process "
+            "count (a ddp run's checkpoints resume on any count)"
+        ])
+
+
+def resume(run: Run, checkpoint: Checkpoint) -> None:
+    """Restore the trained weights, optimizer, scheduler, RNG and position in the curriculum."""
+    acc = run.accelerator
+    if checkpoint.state.format == "deepspeed":
+        acc.load_state(str(checkpoint.folder / "deepspeed"))
+    else:
+        load_trainable_state(acc.unwrap_model(run.model).model, checkpoint.trainable())
+        checkpoint.restore_optimizer(run.optimizer, run.scheduler)
+        checkpoint.restore_rng()
+    # The run's own process count and option are recorded from here on (a ddp run may change count).
+    run.state = replace(checkpoint.state, processes=run.state.processes, accelerate=run.state.accelerate)
+    acc.print(f"resumed from {checkpoint.folder} (step {run.state.step})")
 
 
 def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
@@ -265,6 +321,7 @@ def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
     for i, batch in enumerate(batches):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         sync = i == len(batches) - 1
+        acc.sync_gradients = sync  # DeepSpeed steps its engine on the backward of the last micro-batch
         with contextlib.nullcontext() if sync else acc.no_sync(run.model):
             loss_sum, _ = run.model(**batch)
             acc.backward(loss_sum * acc.num_processes / max(step_tokens, 1))
@@ -277,7 +334,9 @@ def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
     return (acc.reduce(loss_total, reduction="sum") / max(step_tokens, 1)).item()
 
 
-def fit(run: Run) -> None:
+def fit(run: Run, stop: StopRequest | None = None) -> bool:
+    """Train to the end of the curriculum; returns False when a stop request ended it early (after a
+    checkpoint at the step where it arrived)."""
     acc, cfg, state = run.accelerator, run.cfg, run.state
     progress = tqdm(total=run.total_steps, initial=state.step, desc="train", disable=not acc.is_main_process)
     for stage in run.stages[state.stage :]:
@@ -305,21 +364,58 @@ def fit(run: Run) -> None:
                 acc.log(log.metrics(), step=state.step)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 checkpoint(run)
+            if stop is not None and stop.agreed(acc) and state.step < run.total_steps:
+                if not cfg.train.checkpoint_every or state.step % cfg.train.checkpoint_every:
+                    checkpoint(run)
+                progress.close()
+                acc.print(f"stopped at step {state.step}/{run.total_steps} with a checkpoint; rerun the same command "
+                          "to continue")
+                return False
         if state.step >= run.total_steps:
             break
         state.stage += 1
         state.stage_step = 0
     progress.close()
+    return True
 
 
 def checkpoint(run: Run) -> None:
-    acc = run.accelerator
+    acc, root, keep = run.accelerator, run.run_dir / "checkpoints", run.cfg.train.keep_checkpoints
     acc.wait_for_everyone()
-    if acc.is_main_process:
+    if run.state.format == "deepspeed":
+        # Every process writes its own ZeRO shards into the staging folder; the main process then marks it
+        # complete and renames it into place.
+        tmp = staging_folder(root, run.state.step)
+        if acc.is_main_process:
+            prepare_staging(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / "deepspeed"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            commit_checkpoint(root, tmp, run.state, keep)
+    elif acc.is_main_process:
         inner = acc.unwrap_model(run.model).model
-        save_checkpoint(run.run_dir / "checkpoints", run.state, trainable_state(inner), run.optimizer, run.scheduler,
-                        run.cfg.train.keep_checkpoints)
+        save_checkpoint(root, run.state, trainable_state(inner), run.optimizer, run.scheduler, keep)
     acc.wait_for_everyone()
+
+
+def trained_model(run: Run) -> nn.Module:
+    """The adapted model with its trained weights, whole, on the main process (None on the others).
+
+    Under DeepSpeed the weights may be sharded (ZeRO-3): every process takes part in gathering them, and
+    the main process loads what trained into a fresh, unsharded copy of the base.
+    """
+    acc = run.accelerator
+    if run.state.format != "deepspeed":
+        return acc.unwrap_model(run.model).model if acc.is_main_process else None
+    names = [name for name, p in acc.unwrap_model(run.model).model.named_parameters() if p.requires_grad]
+    full = acc.get_state_dict(run.model)  # collective
+    if not acc.is_main_process:
+        return None
+    with without_zero3_init(acc):
+        model = run.adapter.attach(load_base_model(run.cfg.model, run.model_config, seed=run.cfg.seed))
+    load_trainable_state(model, {name: full[f"model.{name}"] for name in names})
+    return model
 
 
 def export(run: Run) -> Path:
@@ -327,10 +423,10 @@ def export(run: Run) -> Path:
     acc, cfg = run.accelerator, run.cfg
     acc.wait_for_everyone()
     final = run.run_dir / "final"
+    inner = trained_model(run)
     if acc.is_main_process:
         tmp = run.run_dir / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        inner = acc.unwrap_model(run.model).model
         if cfg.adapter.type != "full":
             run.adapter.save(inner, tmp / "adapter")
         if cfg.adapter.quantize:
@@ -350,6 +446,7 @@ def export(run: Run) -> Path:
             "tokens": run.state.tokens_seen,
             "train_seconds": round(run.state.train_seconds, 2),
             "processes": acc.num_processes,
+            "accelerate": asdict(cfg.accelerate),
             "hardware": hardware(),
             "final_loss": run.state.losses[-1] if run.state.losses else None,
             "losses": run.state.losses,
@@ -377,7 +474,11 @@ def evaluate_export(cfg: ExtendConfig, final: Path) -> None:
 def train(cfg: ExtendConfig) -> Path:
     """The whole run for a composed, typed config; returns the export folder."""
     run = setup(cfg)
-    fit(run)
+    with StopRequest() as stop:
+        finished = fit(run, stop)
+    if not finished:
+        run.accelerator.end_training()
+        raise SystemExit(128 + stop.signal)
     final = export(run)
     run.accelerator.end_training()
     if cfg.eval.after_training and run.accelerator.is_main_process:

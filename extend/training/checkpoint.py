@@ -5,8 +5,13 @@
         optimizer.pt            optimizer state_dict (tensors only; loaded with weights_only=True)
         scheduler.pt            lr scheduler state_dict
         rng.pt                  python / numpy / torch RNG states, as tensors
-        state.json              step, curriculum stage, rows consumed, tokens seen, config fingerprint
+        state.json              step, curriculum stage, rows consumed, tokens seen, config fingerprint,
+                                format and process count
         COMPLETE                written last, before the folder is renamed into place
+
+Under DeepSpeed (accelerate=zero*) the first four are replaced by `deepspeed/`, accelerate's save_state of
+the engine: every process writes its own ZeRO shards there, so such a checkpoint resumes only on the same
+number of processes. The trainable format above is the same whatever the process count.
 
 A checkpoint is written into `step-XXXXXX.tmp`, every file fsynced, the marker written, then the folder
 is renamed into place in one step, so a crash at any point leaves either the previous checkpoints alone
@@ -44,12 +49,18 @@ class TrainState:
     train_seconds: float = 0.0
     config_fingerprint: str = ""
     losses: list[float] = field(default_factory=list)
+    # How the checkpoint was written: "trainable" (shape-free, any process count) or "deepspeed" (ZeRO
+    # shards of `processes` processes, conf/accelerate/ option `accelerate`).
+    format: str = "trainable"
+    processes: int = 1
+    accelerate: str = "ddp"
 
 
 def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -79,18 +90,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: Path, state: TrainState, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    keep: int) -> Path:
-    """Write one checkpoint atomically, then prune all but the newest `keep` complete ones."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{state.step:06d}"
-    tmp = root / f"{final.name}.tmp"
+def staging_folder(root: Path, step: int) -> Path:
+    """The temporary folder a checkpoint of `step` is written into (emptied and created by the caller)."""
+    return root / f"{PREFIX}{step:06d}.tmp"
+
+
+def prepare_staging(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
+
+
+def write_trainable_state(tmp: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler) -> None:
+    """The shape-free payload (one process holds it all): trained weights, optimizer, scheduler, RNG."""
     save_file({k: v.cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
+
+
+def commit_checkpoint(root: Path, tmp: Path, state: TrainState, keep: int) -> Path:
+    """Mark a fully written staging folder complete, rename it into place, prune all but the newest `keep`."""
+    final = root / tmp.name.removesuffix(".tmp")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
     (tmp / MARKER).write_text("")
     _fsync_tree(tmp)
@@ -100,6 +120,15 @@ def save_checkpoint(root: Path, state: TrainState, trainable: dict[str, torch.Te
     for old in complete_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(root: Path, state: TrainState, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    keep: int) -> Path:
+    """Write one shape-free checkpoint atomically (from one process), then prune old ones."""
+    tmp = staging_folder(root, state.step)
+    prepare_staging(tmp)
+    write_trainable_state(tmp, trainable, optimizer, scheduler)
+    return commit_checkpoint(root, tmp, state, keep)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -127,7 +156,9 @@ def complete_checkpoints(root: Path) -> list[Path]:
 class Checkpoint:
     folder: Path
     state: TrainState
-    trainable: dict[str, torch.Tensor]
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        return load_file(self.folder / "trainable.safetensors")
 
     def restore_optimizer(self, optimizer, scheduler) -> None:
         optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
@@ -142,5 +173,4 @@ def load_latest(root: Path) -> Checkpoint | None:
     if not candidates:
         return None
     folder = candidates[-1]
-    state = TrainState(**json.loads((folder / "state.json").read_text()))
-    return Checkpoint(folder, state, load_file(folder / "trainable.safetensors"))
+    return Checkpoint(folder, TrainState(**json.loads((folder / "state.json").read_text())))
