@@ -31,9 +31,23 @@ def weights(final: Path) -> dict[str, torch.Tensor]:
     return {**load_file(final / "model.safetensors"), **{f"adapter.{k}": v for k, v in load_file(final / "adapter" / "adapter_model.safetensors").items()}}
 
 
-def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(dataset_dir, tmp_path):
-    clean = subprocess.run(cli(tmp_path / "clean", dataset_dir), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def clean_run(dataset_dir, tmp_path_factory) -> Path:
+    """An uninterrupted run from the command line, as the interrupted ones are launched."""
+    folder = tmp_path_factory.mktemp("clean") / "run"
+    clean = subprocess.run(cli(folder, dataset_dir), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert clean.returncode == 0, clean.stderr[-2000:]
+    return folder
+
+
+def assert_bit_identical(clean: Path, resumed: Path, note: str) -> None:
+    a, b = weights(clean / "final"), weights(resumed / "final")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume ({note})"
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(dataset_dir, clean_run, tmp_path):
 
     kill_at = random.Random(0).choice([3, 4, 5])  # after the step-2 checkpoint, before the end (6 steps)
     proc = subprocess.Popen(cli(tmp_path / "killed", dataset_dir), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
@@ -49,10 +63,31 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(dataset_dir, tm
     resumed = subprocess.run(cli(tmp_path / "killed", dataset_dir), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
-    a, b = weights(tmp_path / "clean" / "final"), weights(tmp_path / "killed" / "final")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs after resume (killed at step {kill_at})"
+    assert_bit_identical(clean_run, tmp_path / "killed", f"killed at step {kill_at}")
+
+
+def test_sigterm_checkpoints_and_exits_then_resumes_bit_identical(dataset_dir, clean_run, tmp_path):
+    run = tmp_path / "preempted"
+    proc = subprocess.Popen(cli(run, dataset_dir), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if "step      1/" in line:
+            proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before preempting a job
+    proc.wait(timeout=120)
+    text = "".join(output)
+    assert proc.returncode == 128 + signal.SIGTERM, text[-2000:]
+    stopped = int(text.split("stopped at step ")[1].split("/")[0])
+    assert stopped < 6
+    # A checkpoint exactly where it stopped (not only at the last checkpoint_every multiple), no export.
+    assert (run / "checkpoints" / f"step-{stopped:06d}" / "COMPLETE").exists()
+    assert not (run / "final").exists()
+
+    resumed = subprocess.run(cli(run, dataset_dir), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {run / 'checkpoints' / f'step-{stopped:06d}'}" in resumed.stdout + resumed.stderr
+    assert_bit_identical(clean_run, run, f"stopped by SIGTERM at step {stopped}")
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(make_config, tmp_path, monkeypatch):
