@@ -80,8 +80,26 @@ class RopeConfig:
 
 
 @dataclass
+class LofitConfig:
+    """LoFiT (adapter.type=lofit): per-head scalings A and offsets v on the attention output before o_proj.
+    Stage 1 (the first `select_steps` optimizer steps) trains A on every head with an L1 penalty and ranks
+    heads by ||A||2; stage 2 (the rest of the run) trains v (and A if `train_scales`) on the top `heads`."""
+
+    # Heads kept for stage 2: a count (>= 1) or a fraction of all attention heads (0 < heads < 1).
+    heads: float = 0.1
+    # lambda of stage 1's L1 penalty, times the sum of |A| over all heads; >= 0.
+    l1: float = 1e-3
+    # Optimizer steps in stage 1; must be fewer than the run's steps.
+    select_steps: int = 20
+    # Stage 2 trains the offsets v (false: scalings only; they fold into o_proj's weight for any model).
+    train_offsets: bool = True
+    # Stage 2 also trains fresh scalings A on the selected heads.
+    train_scales: bool = False
+
+
+@dataclass
 class AdapterConfig:
-    """What trains: `lora` (peft) or `full`."""
+    """What trains: `lora` (peft), `lofit` or `full`."""
 
     type: str = "lora"
     r: int = 8
@@ -94,6 +112,7 @@ class AdapterConfig:
     train_norms: bool = False
     # QLoRA: load the frozen base in 4-bit NF4 or 8-bit through bitsandbytes (null = not quantised).
     quantize: str | None = None
+    lofit: LofitConfig = field(default_factory=LofitConfig)
 
 
 @dataclass

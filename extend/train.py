@@ -205,6 +205,7 @@ def setup(cfg: ExtendConfig) -> Run:
     addressable = config_served_lengths(model_config, None)["transformers"]
     adapter = build_adapter(cfg.adapter)
     problems = check_training(cfg, accelerator.num_processes, addressable)
+    problems += adapter.check_steps(sum(s.steps for s in cfg.curriculum.stages))
     problems += check_accelerate(cfg, getattr(model_config, "num_attention_heads", None), accelerator.num_processes)
     if cfg.eval.after_training:
         from extend.eval.runner import check_eval_config
@@ -305,6 +306,7 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
         load_trainable_state(acc.unwrap_model(run.model).model, checkpoint.trainable())
         checkpoint.restore_optimizer(run.optimizer, run.scheduler)
         checkpoint.restore_rng()
+    run.adapter.load_state(acc.unwrap_model(run.model).model, checkpoint.state.adapter_state)
     # The run's own process count and option are recorded from here on (a ddp run may change count).
     run.state = replace(checkpoint.state, processes=run.state.processes, accelerate=run.state.accelerate)
     acc.print(f"resumed from {checkpoint.folder} (step {run.state.step})")
@@ -317,6 +319,7 @@ def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
     # same however the step is split into micro-batches and processes.
     step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
     batches = micro_batches(rows, cfg.train.micro_batch_size, acc.process_index, acc.num_processes)
+    inner = acc.unwrap_model(run.model).model
     loss_total = torch.zeros((), device=acc.device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
@@ -324,8 +327,11 @@ def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
         acc.sync_gradients = sync  # DeepSpeed steps its engine on the backward of the last micro-batch
         with contextlib.nullcontext() if sync else acc.no_sync(run.model):
             loss_sum, _ = run.model(**batch)
-            acc.backward(loss_sum * acc.num_processes / max(step_tokens, 1))
+            loss = loss_sum * acc.num_processes / max(step_tokens, 1)
+            penalty = run.adapter.regularization(inner) if sync else None
+            acc.backward(loss if penalty is None else loss + penalty)  # the penalty once per step
         loss_total += loss_sum.detach()
+    run.adapter.before_optimizer_step(inner)
     if cfg.train.max_grad_norm > 0:
         acc.clip_grad_norm_(run.model.parameters(), cfg.train.max_grad_norm)
     run.optimizer.step()
@@ -354,6 +360,8 @@ def fit(run: Run, stop: StopRequest | None = None) -> bool:
             state.train_seconds += elapsed
             state.losses.append(loss)
             progress.update(1)
+            run.adapter.after_step(acc.unwrap_model(run.model).model, state.step)
+            state.adapter_state = run.adapter.state()
             if state.step % cfg.train.log_every == 0 or state.step == run.total_steps:
                 log = StepLog(
                     state.step, run.total_steps, stage.index, len(run.stages), stage.length, loss,
@@ -415,6 +423,7 @@ def trained_model(run: Run) -> nn.Module:
     with without_zero3_init(acc):
         model = run.adapter.attach(load_base_model(run.cfg.model, run.model_config, seed=run.cfg.seed))
     load_trainable_state(model, {name: full[f"model.{name}"] for name in names})
+    run.adapter.load_state(model, run.state.adapter_state)
     return model
 
 
@@ -429,6 +438,7 @@ def export(run: Run) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if cfg.adapter.type != "full":
             run.adapter.save(inner, tmp / "adapter")
+        adapter_card = run.adapter.describe(inner)
         if cfg.adapter.quantize:
             # Merging into quantized weights would round the result: fold the adapter into the base
             # reloaded at full precision instead.
@@ -447,6 +457,7 @@ def export(run: Run) -> Path:
             "train_seconds": round(run.state.train_seconds, 2),
             "processes": acc.num_processes,
             "accelerate": asdict(cfg.accelerate),
+            **({"adapter": adapter_card} if adapter_card else {}),
             "hardware": hardware(),
             "final_loss": run.state.losses[-1] if run.state.losses else None,
             "losses": run.state.losses,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from extend.adapters.base import Adapter, count_parameters, load_trainable_state, trainable_state
 from extend.adapters.full import FullAdapter
+from extend.adapters.lofit import LofitAdapter
 from extend.adapters.lora import LoraAdapter
 from extend.config import AdapterConfig, ConfigError
 
-ADAPTERS = {"lora": LoraAdapter, "full": FullAdapter}
+ADAPTERS = {"lora": LoraAdapter, "lofit": LofitAdapter, "full": FullAdapter}
 
 
 def build_adapter(cfg: AdapterConfig) -> Adapter:

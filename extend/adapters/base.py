@@ -23,6 +23,35 @@ class Adapter(Protocol):
         """The adapter on its own (may be nothing for full fine-tuning)."""
 
 
+class AdapterHooks:
+    """What an adapter may add to the loop; the defaults do nothing (LoRA, full fine-tuning)."""
+
+    def check_steps(self, total_steps: int) -> list[str]:
+        """Problems with the run's length for this adapter (e.g. a stage that would never start)."""
+        return []
+
+    def regularization(self, model: nn.Module) -> torch.Tensor | None:
+        """A penalty added to the loss once per optimizer step (None: nothing)."""
+        return None
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """Called after the step's gradients are complete, before clipping and the optimizer step."""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after optimizer step `step` (1-based)."""
+
+    def state(self) -> dict:
+        """JSON-able adapter state a checkpoint carries besides the tensors."""
+        return {}
+
+    def load_state(self, model: nn.Module, state: dict) -> None:
+        """Restore what state() returned, on resume."""
+
+    def describe(self, model: nn.Module) -> dict:
+        """What the run card should say about the adapter."""
+        return {}
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter that requires grad, by name: what a checkpoint must carry besides the base."""
     return {name: p.detach().clone().contiguous() for name, p in model.named_parameters() if p.requires_grad}

@@ -8,11 +8,12 @@ from pathlib import Path
 from torch import nn
 from transformers import PreTrainedModel
 
+from extend.adapters.base import AdapterHooks
 from extend.config import AdapterConfig
 
 
 @dataclass
-class FullAdapter:
+class FullAdapter(AdapterHooks):
     cfg: AdapterConfig
     name: str = "full"
 

@@ -12,6 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from torch import nn
 from transformers import PreTrainedModel
 
+from extend.adapters.base import AdapterHooks
 from extend.config import AdapterConfig, ConfigError
 from extend.models.loading import QUANTIZATIONS
 
@@ -22,7 +23,7 @@ EMBEDDING_NAME = "embed_tokens"
 
 
 @dataclass
-class LoraAdapter:
+class LoraAdapter(AdapterHooks):
     cfg: AdapterConfig
     name: str = "lora"
 

@@ -54,6 +54,8 @@ class TrainState:
     format: str = "trainable"
     processes: int = 1
     accelerate: str = "ddp"
+    # The adapter's own state besides tensors (LoFiT: the head ranking and the selected heads).
+    adapter_state: dict = field(default_factory=dict)
 
 
 def _fsync_tree(folder: Path) -> None:
