@@ -7,8 +7,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import LlamaConfig
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from extend.adapters import build_adapter
 from extend.config import CONF_DIR, RECIPES_DIR
-from extend.models import PRESETS, load_base_config
+from extend.models import PRESETS, attention_for, load_base_config
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 from extend.train import check_training
 
@@ -53,3 +57,8 @@ def test_recipe_composes_and_validates(recipe):
     addressable = config_served_lengths(config, None)["transformers"]
     assert check_training(cfg, world_size=1, addressable=addressable) == []
     assert max(s.length for s in cfg.curriculum.stages) == addressable, "recipes train up to their extended length"
+    adapter = build_adapter(cfg.adapter)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention_for(config, "sdpa"))
+        assert adapter.check(model) == []
+    assert adapter.check_steps(sum(s.steps for s in cfg.curriculum.stages)) == []
