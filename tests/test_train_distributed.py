@@ -85,6 +85,16 @@ def reference(saved_base, dataset_dir, tmp_path_factory) -> list[float]:
     return losses(train(compose_typed(*overrides(saved_base, dataset_dir, out)[len(BASE_OVERRIDES):])).parent)
 
 
+# LoFiT across its two stages (the stop lands in stage 1, the resume crosses into stage 2).
+LOFIT = ["adapter=lofit", "adapter.lofit.heads=3", "adapter.lofit.select_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def lofit_reference(saved_base, dataset_dir, tmp_path_factory) -> list[float]:
+    out = tmp_path_factory.mktemp("lofit_reference")
+    return losses(train(compose_typed(*overrides(saved_base, dataset_dir, out, *LOFIT)[len(BASE_OVERRIDES):])).parent)
+
+
 def assert_same_trajectory(got: list[float], want: list[float]) -> None:
     assert len(got) == len(want)
     # Two processes sum the loss in another order than one: equal to float32 rounding.
@@ -110,9 +120,9 @@ def test_ddp_resumes_on_another_process_count(saved_base, dataset_dir, tmp_path,
     assert_same_trajectory(losses(run), reference)
 
 
-def test_zero2_resumes_on_the_same_count_and_refuses_another(saved_base, dataset_dir, tmp_path, reference):
+def test_zero2_lofit_resumes_on_the_same_count_and_refuses_another(saved_base, dataset_dir, tmp_path, lofit_reference):
     run = tmp_path / "zero2"
-    args = overrides(saved_base, dataset_dir, run, "accelerate=zero2")
+    args = overrides(saved_base, dataset_dir, run, "accelerate=zero2", *LOFIT)
     stopped = stopped_with_checkpoint(interrupt_with_sigterm(launch(2, args), after_step=2), run)
     assert (run / "checkpoints" / f"step-{stopped:06d}" / "deepspeed").is_dir()
 
@@ -122,7 +132,9 @@ def test_zero2_resumes_on_the_same_count_and_refuses_another(saved_base, dataset
     assert not (run / "final").exists()
 
     run_to_end(launch(2, args))
-    assert_same_trajectory(losses(run), reference)
+    assert_same_trajectory(losses(run), lofit_reference)
+    card = json.loads((run / "final" / "run_card.json").read_text())
+    assert len(card["adapter"]["selected_heads"]) == 3
 
 
 def test_zero3_resumes_and_exports_the_gathered_weights(saved_base, dataset_dir, tmp_path, reference):

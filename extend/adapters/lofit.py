@@ -9,10 +9,13 @@ becomes h' = (1 + A) * h + v, with one A and one v per head (head_dim numbers ea
 
 The per-layer tensors live in a small module attached to each attention module (`self_attn.lofit`) and
 act through a forward pre-hook on `o_proj`, torch's supported hook point: no modeling file is forked.
-Stage 1's A (`probe`) and stage 2's tensors (`scale`, `offset`) are separate parameters; the ones a stage
-does not train get no gradient (set to None before the optimizer step), so stage 2 starts from zero with
-fresh optimizer moments, without editing the optimizer's state. Which stage is active and which heads were
-selected are buffers, restored on resume from the checkpoint's adapter state (the ranking of both stages).
+Stage 1's A (`probe`) and stage 2's tensors (`scale`, `offset`) are separate parameters. Stage 2's get
+exactly zero gradient through stage 1 (the forward masks them out), so they enter stage 2 at zero with zero
+optimizer moments under any engine (DDP or DeepSpeed), without editing the optimizer's state; in stage 2
+the probe's gradient is dropped before the optimizer step, so momentum does not move it either (under
+DeepSpeed, which owns the gradients, it may drift, unused: the forward and the export ignore it then).
+Which stage is active and which heads were selected are buffers, restored on resume from the checkpoint's
+adapter state (the ranking and the selected heads).
 
 Export folds everything into o_proj: (1 + A) scales o_proj's input columns and W v becomes o_proj's bias
 (`attention_bias: true`; the q/k/v biases that flag also creates are saved as zeros), so the result loads in
@@ -41,9 +44,10 @@ BIASED_BY_FLAG = ("q_proj", "k_proj", "v_proj", "o_proj")
 class HeadOffsets(nn.Module):
     """A and v of one attention layer: (heads, head_dim) each, applied to o_proj's input."""
 
-    def __init__(self, num_heads: int, head_dim: int):
+    def __init__(self, num_heads: int, head_dim: int, train_scales: bool, train_offsets: bool):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
+        self.train_scales, self.train_offsets = train_scales, train_offsets
         self.probe = nn.Parameter(torch.zeros(num_heads, head_dim))   # stage 1's A, every head
         self.scale = nn.Parameter(torch.zeros(num_heads, head_dim))   # stage 2's A, selected heads
         self.offset = nn.Parameter(torch.zeros(num_heads, head_dim))  # stage 2's v, selected heads
@@ -52,8 +56,8 @@ class HeadOffsets(nn.Module):
 
     def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (A, v) the forward applies now, (heads, head_dim) each."""
-        scale = self.probing * self.probe + self.selected * self.scale
-        return scale, self.selected * self.offset
+        scale = self.probing * self.probe + self.selected * self.scale * float(self.train_scales)
+        return scale, self.selected * self.offset * float(self.train_offsets)
 
     def forward(self, heads_output: torch.Tensor) -> torch.Tensor:
         scale, offset = self.effective()
@@ -127,7 +131,8 @@ class LofitAdapter(AdapterHooks):
         model.requires_grad_(False)
         for _, attention in attention_modules(model):
             o_proj = attention.o_proj
-            offsets = HeadOffsets(o_proj.in_features // attention.head_dim, attention.head_dim)
+            offsets = HeadOffsets(o_proj.in_features // attention.head_dim, attention.head_dim,
+                                  self.cfg.lofit.train_scales, self.cfg.lofit.train_offsets)
             offsets.to(device=o_proj.weight.device)
             attention.lofit = offsets  # registered as a submodule: named, saved, moved and synced with the model
             offsets.hook = o_proj.register_forward_pre_hook(lambda _, args, f=offsets: (f(args[0]), *args[1:]))
@@ -146,17 +151,10 @@ class LofitAdapter(AdapterHooks):
         return self.cfg.lofit.l1 * sum(layer.probe.abs().sum() for layer in self.layers(model))
 
     def before_optimizer_step(self, model: nn.Module) -> None:
-        """No update at all (not even from optimizer momentum) for what the current stage does not train."""
-        stage_one = self.in_stage_one(model)
-        for layer in self.layers(model):
-            if stage_one:
-                layer.scale.grad, layer.offset.grad = None, None
-            else:
+        """In stage 2, stage 1's A stops: without a gradient, not even momentum moves it."""
+        if not self.in_stage_one(model):
+            for layer in self.layers(model):
                 layer.probe.grad = None
-                if not self.cfg.lofit.train_offsets:
-                    layer.offset.grad = None
-                if not self.cfg.lofit.train_scales:
-                    layer.scale.grad = None
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if step == self.cfg.lofit.select_steps:

@@ -46,6 +46,9 @@ def check_accelerate(cfg: ExtendConfig, num_heads: int | None = None, world_size
             problems.append("accelerate.offload_params needs accelerate.zero_stage=3 (only ZeRO-3 shards parameters)")
         if cfg.adapter.quantize:
             problems.append("adapter.quantize (QLoRA) runs under accelerate=ddp; DeepSpeed cannot shard quantized weights")
+        if cfg.adapter.type == "lofit" and a.zero_stage == 3:
+            problems.append("adapter.type=lofit runs under accelerate=ddp or zero2: its head ranking reads the scalings "
+                            "whole, which ZeRO-3 shards (and a frozen base needs no parameter sharding)")
         if "LOCAL_RANK" not in os.environ:
             problems.append(f"accelerate={a.name} (DeepSpeed) needs a launcher, even for one process: "
                             "./launch.sh --processes N ... (or torchrun / accelerate launch)")
