@@ -171,3 +171,11 @@ def test_stage_one_longer_than_the_run_is_refused(make_config):
 
     with pytest.raises(ConfigError, match="adapter.lofit.select_steps=6 leaves no steps for stage 2"):
         train(make_config("adapter=lofit", "adapter.lofit.select_steps=6"))
+
+
+def test_gradient_checkpointing_gives_the_same_run(lofit_run, make_config):
+    _, reference = lofit_run
+    final = train(make_config(*LOFIT, "train.gradient_checkpointing=true"))
+    want = json.loads((reference / "run_card.json").read_text())["losses"]
+    got = json.loads((final / "run_card.json").read_text())["losses"]
+    assert got == pytest.approx(want, rel=1e-6)
