@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from extend.cli import run_cli
 from extend.config import ExtendConfig, PublishConfig
-from extend.publish import PublishError, publish_run
+from extend.publish import publish_run
 
 # Publish keys that may be given without `publish.` (those that are not also top-level keys of the config).
 SHORT_KEYS = {f.name for f in fields(PublishConfig)} - {f.name for f in fields(ExtendConfig)}
@@ -33,11 +33,7 @@ def expand_short_keys(argv: list[str]) -> list[str]:
 
 
 def main(cfg: ExtendConfig) -> None:
-    try:
-        publish_run(cfg.publish)
-    except PublishError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    publish_run(cfg.publish)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from extend.cli import CommandError
 from extend.publish.export_info import is_hub_id
 
 NO_TOKEN = "no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use dry_run=true)"
 
 
-class PublishError(RuntimeError):
+class PublishError(CommandError):
     """Publishing stopped: a staged folder failed verification, or the Hub refused the upload."""
 
 
