@@ -8,6 +8,7 @@ guessed: a base that is not a Hub id gets no `base_model`, a license that cannot
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def eval_results(eval_data: dict[str, Any] | None) -> list[EvalResult]:
 def card_metadata(info: ExportInfo, repo_id: str, adapter_only: bool, license_fields: dict[str, str]) -> ModelCardData:
     base, rope_type = info.base, info.config["rope"]["type"]
     adapter = info.config["adapter"]["type"]
-    tags = ["extend", "long-context", *([f"rope-{rope_type}"] if rope_type != "none" else []),
+    tags = ["extend", *(["long-context", f"rope-{rope_type}"] if rope_type != "none" else []),
             "full-finetune" if adapter == "full" else adapter]
     datasets = [s["path"] for s in info.config["data"]["sources"].values()
                 if s["type"] == "hf" and s.get("path") and BaseModel.of(s["path"], None).kind == "hub"]
@@ -80,9 +81,14 @@ def card_metadata(info: ExportInfo, repo_id: str, adapter_only: bool, license_fi
         tags=tags,
         datasets=datasets or None,
         **license_fields,
-        model_name=repo_id.split("/")[1],
+        # model-index names the model its results belong to; without results there is no model-index.
+        model_name=repo_id.split("/")[1] if results else None,
         eval_results=results or None,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _duration(seconds: float) -> str:
@@ -90,12 +96,9 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
-def _size(num_bytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num_bytes < 1024 or unit == "GB":
-            return f"{num_bytes:,.0f} {unit}" if unit == "B" else f"{num_bytes:,.1f} {unit}"
-        num_bytes /= 1024
-    raise AssertionError("unreachable")
+def human_size(num_bytes: int) -> str:
+    power = min(int(math.log(max(num_bytes, 1), 1024)), 3)
+    return f"{num_bytes} B" if power == 0 else f"{num_bytes / 1024**power:,.1f} {('KB', 'MB', 'GB')[power - 1]}"
 
 
 def _method_line(info: ExportInfo) -> str:
@@ -180,7 +183,7 @@ def _base_line(base: BaseModel) -> str:
 def _made(info: ExportInfo, adapter_only: bool) -> list[str]:
     cfg, card = info.config, info.run_card
     curriculum = cfg["curriculum"]
-    stages = " → ".join(f"{s['length']:,} tokens × " + (f"{s['steps']} steps" if s.get("steps") else f"{s['tokens']:,} tokens")
+    stages = " → ".join(f"{s['length']:,} tokens × " + (_count(s["steps"], "step") if s.get("steps") else _count(s["tokens"], "token"))
                         for s in curriculum["stages"])
     sources = ", ".join(
         f"{name} ({s['type']}" + (f" {s['task']}" if s.get("task") else "") + (f" `{s['path']}`" if s.get("path") else "")
@@ -197,9 +200,9 @@ def _made(info: ExportInfo, adapter_only: bool) -> list[str]:
         ("curriculum", f"{stages}; {curriculum['tokens_per_step']:,} tokens per optimizer step"),
         ("optimizer", f"AdamW, lr {cfg['train']['learning_rate']}, {cfg['train']['lr_schedule']} schedule, "
                       f"{cfg['train']['warmup_steps']} warmup steps, seed {cfg['seed']}"),
-        ("training", f"{card.get('steps')} steps, {card.get('tokens', 0):,} tokens, "
+        ("training", f"{_count(card.get('steps', 0), 'step')}, {_count(card.get('tokens', 0), 'token')}, "
                      f"{_duration(card.get('train_seconds', 0))} of training"),
-        ("hardware", f"{device}, {card.get('processes', 1)} process(es)"
+        ("hardware", f"{device}, {card.get('processes', 1)} process" + ("es" if card.get("processes", 1) != 1 else "")
                      + (f", {accelerate.get('strategy')}" if accelerate else "")
                      + f"; torch {hw.get('torch')}, Python {hw.get('python')}"),
         ("data", f"{sources}; tokenizer `{cfg['data']['tokenizer']}`, {cfg['data']['packing']} packing, data seed "
@@ -233,43 +236,55 @@ def _evaluation(info: ExportInfo) -> list[str]:
     ]
 
 
+def reload_how(with_extend: bool, adapter_only: bool) -> str:
+    """How verification reloads the folder, as the card and the command's output say it."""
+    return "with `import extend`" if with_extend else "with stock transformers" + (" and peft" if adapter_only else "")
+
+
+def _license_line(base: BaseModel, fields: dict[str, str], source: str) -> str:
+    if fields.get("license"):
+        return f"`{fields['license']}` ({source})"
+    if base.kind in ("hub", "local"):
+        return ("not stated: the base model's card, which says its license, is not on the publishing machine; set "
+                "publish.license=ID when you know it")
+    return "not stated: the base was built by extend itself and has none; set publish.license=ID to give one"
+
+
+def _lengths(info: ExportInfo, adapter_only: bool) -> list[str]:
+    length, served = info.promised_length, info.served()
+    tokenizer = f"{served['tokenizer']:,}" if served["tokenizer"] else "not set"
+    return [
+        CONTEXT_LINE.format(length=length), "",
+        "| reader | length it derives |", "|---|---|",
+        f"| transformers (`max_position_embeddings`, × factor for linear and dynamic) | {served['transformers']:,} |",
+        f"| tokenizer (`model_max_length`) | {tokenizer} |",
+        f"| vLLM (`max_model_len`) | {served['vllm']:,} |", "",
+        f"Before upload this folder was reloaded in a fresh Python process {reload_how(info.needs_extend, adapter_only)}, "
+        f"gave finite logits at positions {probe_start(length):,}–{length - 1:,}, and every reader above arrived at the "
+        "promised length. Weights are safetensors only.",
+    ]
+
+
 def render_card(info: ExportInfo, repo_id: str, adapter_only: bool, files: dict[str, int],
                 license_fields: dict[str, str], license_source: str) -> ModelCard:
     """The whole card. `files`: every other published file and its size in bytes."""
-    length, served = info.promised_length, info.served()
     method = info.position_method
-    what = (f"extended from {info.original_length:,} to {length:,} tokens with `{method['type']}`" if method
-            else f"fine-tuned at its own {length:,} tokens")
+    what = (f"extended from {info.original_length:,} to {info.promised_length:,} tokens with `{method['type']}`"
+            if method else f"fine-tuned at its own {info.promised_length:,} tokens")
     kind = "A LoRA adapter for" if adapter_only else "A checkpoint of"
-    if license_fields.get("license"):
-        license_line = f"`{license_fields['license']}` ({license_source})"
-    elif info.base.kind in ("hub", "local"):
-        license_line = ("not stated: the base model's card, which says its license, is not on the publishing "
-                        "machine; set publish.license=ID when you know it")
-    else:
-        license_line = "not stated: the base was built by extend itself and has none; set publish.license=ID to give one"
     body = [
         f"# {repo_id.split('/')[1]}", "",
         f"{kind} {_base_name(info.base)}, {what}, trained and verified with the `extend` pipeline "
         f"(run `{info.run_name}`).", "",
-        CONTEXT_LINE.format(length=length), "",
-        "| reader | length it derives |", "|---|---|",
-        f"| transformers (`max_position_embeddings`, × factor for linear and dynamic) | {served['transformers']:,} |",
-        f"| tokenizer (`model_max_length`) | {served['tokenizer']:,} |" if served["tokenizer"] else
-        "| tokenizer (`model_max_length`) | not set |",
-        f"| vLLM (`max_model_len`) | {served['vllm']:,} |", "",
-        "Before upload this folder was reloaded in a fresh Python process "
-        + ("with `import extend`" if info.needs_extend else "with stock transformers" + (" and peft" if adapter_only else ""))
-        + f", gave finite logits at positions {probe_start(length):,}–{length - 1:,}, and every reader above arrived at "
-        "the promised length. Weights are safetensors only.", "",
-        "## How to use", "", *_usage(info, repo_id, adapter_only, length), "",
+        *_lengths(info, adapter_only), "",
+        "## How to use", "", *_usage(info, repo_id, adapter_only, info.promised_length), "",
         "## How it was made", "", *_made(info, adapter_only), "",
-        "config.json's rope parameters:" if not adapter_only else "The base's rope parameters (unchanged):", "",
+        "The base's rope parameters (unchanged):" if adapter_only else "config.json's rope parameters:", "",
         "```json", json.dumps(info.rope_parameters, indent=2), "```", "",
         "### Recipe", "", *_recipe(info), "",
         "## Evaluation", "", *_evaluation(info), "",
-        "## Files", "", "| file | size |", "|---|---|", *(f"| `{p}` | {_size(n)} |" for p, n in sorted(files.items())), "",
-        "## License", "", f"License: {license_line}.", "",
+        "## Files", "", "| file | size |", "|---|---|", *(f"| `{p}` | {human_size(n)} |" for p, n in sorted(files.items())), "",
+        "## License", "", f"License: {_license_line(info.base, license_fields, license_source)}.", "",
     ]
     data = card_metadata(info, repo_id, adapter_only, license_fields)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))

@@ -14,6 +14,7 @@ from typing import Callable
 
 from extend.config import ConfigError, ExtendConfig, PublishConfig
 from extend.publish import layout
+from extend.publish.card import human_size, reload_how
 from extend.publish.export_info import BaseModel, ExportInfo
 from extend.publish.hub import NO_TOKEN, PublishError, hub_token, repo_id_problems, repo_url, upload
 from extend.publish.scrub import machine_paths
@@ -53,10 +54,6 @@ def training_problems(cfg: ExtendConfig) -> list[str]:
         problems += adapter_only_problems(cfg.adapter.type != "full", cfg.rope.type,
                                           BaseModel.of(cfg.model.name_or_path, cfg.model.revision))
     return problems
-
-
-def _size(num_bytes: int) -> str:
-    return f"{num_bytes / 2**20:,.1f} MB" if num_bytes >= 2**20 else f"{num_bytes / 1024:,.1f} KB"
 
 
 def publish_run(cfg: PublishConfig, run_dir: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
@@ -102,15 +99,15 @@ def publish_run(cfg: PublishConfig, run_dir: str | Path | None = None, log: Call
     tmp.rename(out)
 
     files = {rel: (out / rel).stat().st_size for rel in layout.files_under(out)}
-    how = "with `import extend`" if info.needs_extend else "with stock transformers"
-    log(f"staged {out} ({name}): verified, reloads {how} at {info.promised_length:,} tokens")
+    log(f"staged {out} ({name}): verified, reloads {reload_how(info.needs_extend, cfg.adapter_only)} at "
+        f"{info.promised_length:,} tokens")
     width = max(map(len, files))
     for rel, size in files.items():
-        log(f"  {rel:<{width}}  {_size(size):>10}")
+        log(f"  {rel:<{width}}  {human_size(size):>10}")
     if left_out:
         log(f"left out of the export (not part of a published checkpoint): {', '.join(left_out)}")
     visibility = "private" if cfg.private else "public"
-    total = f"{len(files)} files ({_size(sum(files.values()))})"
+    total = f"{len(files)} files ({human_size(sum(files.values()))})"
     if cfg.dry_run:
         log(f"dry run: nothing was sent; without dry_run these {total} go to {repo_url(cfg.repo_id)} ({visibility})")
         return out

@@ -21,7 +21,7 @@ from huggingface_hub import ModelCard
 
 from extend.config import REPO_ROOT
 from extend.publish import layout
-from extend.publish.card import CONTEXT_LINE, probe_start
+from extend.publish.card import CONTEXT_LINE, probe_start, reload_how
 from extend.publish.scrub import has_token, local_paths_in
 from extend.rope.export import served_lengths
 
@@ -162,7 +162,7 @@ def run_probe(folder: Path, exp: Expectations) -> dict:
 
 
 def check_reload(folder: Path, exp: Expectations) -> list[str]:
-    how = "with `import extend`" if exp.with_extend else "with stock transformers"
+    how = reload_how(exp.with_extend, exp.adapter_base is not None)
     report = run_probe(folder, exp)
     if "error" in report:
         return [f"the folder does not reload in a fresh process {how}: {report['error']}"]
