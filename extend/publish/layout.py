@@ -45,9 +45,11 @@ def layout_name(adapter_only: bool) -> str:
 
 
 def is_allowed(relpath: str, layout: str) -> bool:
-    # fnmatch's `*` crosses `/`; every pattern names its folder, so `eval/*.png` cannot match deeper paths
-    # that it should not: there are none in an export.
-    return any(fnmatch.fnmatchcase(relpath, pattern) for pattern in ALLOWED[layout])
+    """Whether `relpath` matches one of the layout's patterns, folder by folder (`eval/*.png` matches no
+    deeper path and `README.md` no README.md inside a folder)."""
+    parts = relpath.split("/")
+    return any(len(pattern.split("/")) == len(parts) and all(map(fnmatch.fnmatchcase, parts, pattern.split("/")))
+               for pattern in ALLOWED[layout])
 
 
 def published_name(export_relpath: str, layout: str) -> str | None:

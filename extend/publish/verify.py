@@ -75,7 +75,7 @@ def check_files(folder: Path, exp: Expectations) -> list[str]:
             if f.read(4).startswith(PICKLE_MAGIC):
                 problems.append(f"{rel}: is a pickle or torch.save archive; only safetensors are published")
         if rel.endswith(layout.TENSOR_SUFFIX):
-            header, wrong = _safetensors_header(folder / rel)
+            _, wrong = _safetensors_header(folder / rel)
             if wrong:
                 problems.append(f"{rel}: {wrong}")
     required = ["README.md"] + (["adapter_config.json", "adapter_model.safetensors"] if exp.layout == "adapter_only"
