@@ -188,7 +188,7 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("case", ["no_final", "bad_repo_ids", "no_token", "adapter_only"])
+@pytest.mark.parametrize("case", ["no_final", "bad_repo_ids", "no_token", "adapter_only", "output_dir"])
 def test_bad_input_gets_one_error_and_uploads_nothing(published, tmp_path, monkeypatch, case):
     run, _ = published
     with HubStandIn(TOKEN) as hub:
@@ -201,6 +201,10 @@ def test_bad_input_gets_one_error_and_uploads_nothing(published, tmp_path, monke
             # Two reasons, in the one error: the run changed its positions, and its base is not on the Hub.
             "adapter_only": [(PublishConfig(run=str(run), repo_id=REPO_ID, adapter_only=True, dry_run=True),
                               "an adapter cannot carry a RoPE change")],
+            # Staging replaces its folder: never the run, the export, or a folder of other files.
+            "output_dir": [(PublishConfig(run=str(run), repo_id=REPO_ID, dry_run=True, output_dir=str(folder)),
+                            "holds files publish did not stage (or the export itself)")
+                           for folder in (run, run / "final", REPO / "tests")],
         }[case]
         for cfg, message in attempts:
             with pytest.raises(ConfigError) as err:

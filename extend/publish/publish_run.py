@@ -56,6 +56,16 @@ def training_problems(cfg: ExtendConfig) -> list[str]:
     return problems
 
 
+def replaceable(out: Path, final: Path) -> bool:
+    """Whether the staged folder may replace `out`: it is new, empty or an earlier staged folder, and neither
+    is nor holds the export."""
+    if not out.exists():
+        return True
+    if not out.is_dir() or out.resolve() in (final.resolve(), *final.resolve().parents):
+        return False
+    return all(layout.is_allowed(rel, "merged") or layout.is_allowed(rel, "adapter_only") for rel in layout.files_under(out))
+
+
 def publish_run(cfg: PublishConfig, run_dir: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Publish `run_dir` (default publish.run) as cfg says; returns the staged folder."""
     if run_dir is None and cfg.run is None:
@@ -78,6 +88,9 @@ def publish_run(cfg: PublishConfig, run_dir: str | Path | None = None, log: Call
             raise ConfigError(problems)
 
     out = Path(cfg.output_dir) if cfg.output_dir else run / "publish"
+    if not replaceable(out, final):
+        raise ConfigError([f"publish.output_dir={out} holds files publish did not stage (or the export itself), which "
+                           "staging would replace: choose a new or empty folder"])
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
