@@ -1,6 +1,6 @@
 """What every command-line entry point shares: Hydra composition of conf/config.yaml into the typed
-config, one line per problem on stderr with exit code 2 for a bad config, and quiet mode for commands
-that write no run folder of their own."""
+config, one line per problem on stderr with exit code 2 for a bad config (1 for a command that stopped
+for a reason it states), and quiet mode for commands that write no run folder of their own."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from extend.config import CONF_DIR, ConfigError, ExtendConfig
+
+class CommandError(RuntimeError):
+    """A command stopped for a reason its message states (the config itself was fine): exit code 1."""
+
 
 # No Hydra run folder, .hydra/ copies or log files: for commands whose output describes itself.
 QUIET_OVERRIDES = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none")
@@ -34,5 +38,8 @@ def run_cli(body: Callable[[ExtendConfig], None], job_name: str, quiet: bool = F
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except CommandError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
 
     main()

@@ -336,6 +336,32 @@ class AccelerateConfig:
 
 
 @dataclass
+class PublishConfig:
+    """Publishing an export to the Hugging Face Hub (extend/publish/): `python -m extend.publish run=...
+    repo_id=...`, or `publish.repo_id` in a recipe to publish at the end of training."""
+
+    # The run folder whose final/ is published (outputs/RUN). Given on the command line; training
+    # publishes the run it trained and refuses this key.
+    run: str | None = None
+    # ORG/NAME on the Hub. null: training publishes nothing.
+    repo_id: str | None = None
+    # Create the repository private (applies when it is created; an existing repository keeps its setting).
+    private: bool = False
+    # Publish only the LoRA adapter (peft layout at the repository root). Refused when the run changed the
+    # position method: an adapter cannot carry a RoPE change (extend/publish/layout.py says why).
+    adapter_only: bool = False
+    # Build and verify the exact folder and card, print what would be uploaded, send nothing.
+    dry_run: bool = False
+    # Where the upload folder is staged; null = <run>/publish.
+    output_dir: str | None = None
+    # Commit message on the Hub; null = "Publish <run_name> with extend".
+    commit_message: str | None = None
+    # License id for the card (e.g. apache-2.0); null = the base model's license where its card is on this
+    # machine, else none is stated.
+    license: str | None = None
+
+
+@dataclass
 class ExtendConfig:
     """The composed config of one run."""
 
@@ -350,6 +376,7 @@ class ExtendConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
 
 def register_configs() -> None:

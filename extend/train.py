@@ -4,7 +4,7 @@ Also runs as `python extend/train.py ...` or `python -m extend.train ...`. Reads
 
     main: compose + validate -> setup (tokenizer, data, model with its position method, adapter,
           optimizer, resume) -> fit (curriculum stages, checkpoints) -> export (merged model, adapter,
-          run card) -> optional evaluation
+          run card) -> optional evaluation -> optional publishing (publish.repo_id)
 """
 
 from __future__ import annotations
@@ -207,6 +207,10 @@ def setup(cfg: ExtendConfig) -> Run:
     problems = check_training(cfg, accelerator.num_processes, addressable)
     problems += adapter.check_steps(sum(s.steps for s in cfg.curriculum.stages))
     problems += check_accelerate(cfg, getattr(model_config, "num_attention_heads", None), accelerator.num_processes)
+    if cfg.publish.repo_id is not None:  # a bad repository id or a missing token fails now, not after training
+        from extend.publish import training_problems
+
+        problems += training_problems(cfg)
     if cfg.eval.after_training:
         from extend.eval.runner import check_eval_config
 
@@ -494,7 +498,20 @@ def train(cfg: ExtendConfig) -> Path:
     run.accelerator.end_training()
     if cfg.eval.after_training and run.accelerator.is_main_process:
         evaluate_export(cfg, final)
+    if cfg.publish.repo_id is not None and run.accelerator.is_main_process:
+        publish_export(cfg, run.run_dir)
     return final
+
+
+def publish_export(cfg: ExtendConfig, run_dir: Path) -> None:
+    """publish.repo_id: the export (and its evaluation) verified and uploaded, as `python -m extend.publish` does."""
+    from extend.publish import PublishError, publish_run
+
+    try:
+        publish_run(cfg.publish, run_dir=run_dir)
+    except PublishError as err:
+        raise PublishError(f"{err}\nThe export {run_dir / 'final'} is complete: publish it again with `python -m "
+                           f"extend.publish run={run_dir} repo_id={cfg.publish.repo_id}`") from err
 
 
 if __name__ == "__main__":

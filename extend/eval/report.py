@@ -19,17 +19,26 @@ def _fmt(value: float | None, metric: str) -> str:
 
 
 def render_report(data: dict) -> str:
-    served = {c["name"]: c["served_length"] for c in data["conditions"]}
-    names = list(data["results"])
     lines = [
         f"# Evaluation of {data['model']}",
         "",
         f"Tokenizer `{data['tokenizer']}`, written {data['created']}. Every model answers the same items "
         f"(seed {data['config']['seed']}). {BEYOND} = beyond the length that model addresses.",
-        *([] if data["complete"] else ["", f"**Partial**: {len(names)} of {len(data['conditions'])} models "
-                                           "evaluated so far."]),
         "",
-        "## Compared models",
+    ]
+    return "\n".join(lines) + "\n" + render_sections(data)
+
+
+def render_sections(data: dict, level: int = 2, image_dir: str = "") -> str:
+    """The compared models and one table per task, headed at `level`; plots are linked from `image_dir`
+    (the model card, at a repository's root, links them from eval/)."""
+    served = {c["name"]: c["served_length"] for c in data["conditions"]}
+    names = list(data["results"])
+    head = "#" * level
+    lines = [
+        *([] if data["complete"] else [f"**Partial**: {len(names)} of {len(data['conditions'])} models "
+                                       "evaluated so far.", ""]),
+        f"{head} Compared models",
         "",
         "| name | model | position method | addresses (tokens) |",
         "|---|---|---|---|",
@@ -40,7 +49,7 @@ def render_report(data: dict) -> str:
     for task, first in data["results"][names[0]].items():
         metric = first["metric"]
         better = "lower is better" if metric == "perplexity" else f"{first.get('scorer', 'exact')} match"
-        lines += ["", f"## {task} ({metric}, {better})", "", "| length | " + " | ".join(names) + " |",
+        lines += ["", f"{head} {task} ({metric}, {better})", "", "| length | " + " | ".join(names) + " |",
                   "|---|" + "---|" * len(names)]
         cells = sorted(first["by_length"], key=lambda k: first["by_length"][k]["length"])
         for key in cells:
@@ -51,9 +60,9 @@ def render_report(data: dict) -> str:
                 extra = f" (n={cell['n']})" if "n" in cell else ""
                 row.append(_fmt(cell["value"], metric) + mark + extra)
             lines.append("| " + " | ".join(row) + " |")
-        lines += ["", f"![{task}]({slug(task)}.png)"]
+        lines += ["", f"![{task}]({image_dir}{slug(task)}.png)"]
         if "by_length_depth" in first:
-            lines += ["", f"![{task} by depth]({slug(task)}_heatmap.png)"]
+            lines += ["", f"![{task} by depth]({image_dir}{slug(task)}_heatmap.png)"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,149 @@
+"""What an export (outputs/RUN/final/) says about itself: the run card, config.json, the tokenizer's length,
+the evaluation and the command-line overrides of the run. Everything the card states is read from here,
+so publishing needs no recipe to be given again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from extend.config import ConfigError
+from extend.eval.schema import validate as validate_eval_json
+from extend.models import tiny_base
+from extend.models.presets import PRESETS
+from extend.rope.apply import PROVENANCE_KEY
+from extend.rope.export import ENTROPY_ROPE_TYPE, served_lengths
+
+
+def is_hub_id(name: str, namespace_required: bool = False) -> bool:
+    """Whether `name` has the form of a Hub repository id (ORG/NAME, or a legacy NAME without namespace)."""
+    if namespace_required and name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The model a run started from, and whether the Hub knows it by that name."""
+
+    name: str  # model.name_or_path as the recipe gave it
+    kind: str  # hub, local (a folder on the training machine), preset (random weights), project (tiny-base)
+    revision: str | None = None
+
+    @property
+    def hub_id(self) -> str | None:
+        return self.name if self.kind == "hub" else None
+
+    @classmethod
+    def of(cls, name: str, revision: str | None) -> BaseModel:
+        if name in PRESETS:
+            return cls(name, "preset")
+        if name == tiny_base.NAME:
+            return cls(name, "project")
+        if name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or not is_hub_id(name):
+            return cls(name, "local")
+        return cls(name, "hub", revision)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError([f"{path} is not valid JSON ({err}); export the run again"]) from err
+
+
+@dataclass
+class ExportInfo:
+    final: Path
+    run_card: dict[str, Any]
+    model_config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+    eval: dict[str, Any] | None
+    # The run's command-line overrides, from the .hydra/overrides.yaml Hydra wrote into the run folder
+    # (None when the run was started from Python, not the command line).
+    overrides: list[str] | None
+
+    @classmethod
+    def read(cls, final: Path) -> ExportInfo:
+        required = ("run_card.json", "config.json", "tokenizer_config.json")
+        missing = [name for name in required if not (final / name).is_file()]
+        if missing:
+            raise ConfigError([f"{final} has no {', '.join(missing)}: publish reads the run from what extend/train.py's "
+                               "export writes; export the run again"])
+        run_card = _read_json(final / "run_card.json")
+        if "config" not in run_card:
+            raise ConfigError([f"{final / 'run_card.json'} has no 'config' (the composed config of the run); export the run again"])
+        eval_data = None
+        if (final / "eval" / "eval.json").is_file():
+            eval_data = _read_json(final / "eval" / "eval.json")
+            problems = validate_eval_json(eval_data)
+            if problems:
+                raise ConfigError([f"{final / 'eval' / 'eval.json'} does not follow its schema ({problems[0]}); evaluate "
+                                   f"again with `python -m extend.eval model={final}`"])
+        overrides_file = final.parent / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
+        return cls(final, run_card, _read_json(final / "config.json"), _read_json(final / "tokenizer_config.json"),
+                   eval_data, overrides)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's whole composed config (ExtendConfig as a dict)."""
+        return self.run_card["config"]
+
+    @property
+    def run_name(self) -> str:
+        return self.run_card.get("run_name") or self.config["run_name"]
+
+    @property
+    def base(self) -> BaseModel:
+        model = self.config["model"]
+        return BaseModel.of(model["name_or_path"], model.get("revision"))
+
+    @property
+    def has_adapter(self) -> bool:
+        return (self.final / "adapter" / "adapter_config.json").is_file()
+
+    @property
+    def position_method(self) -> dict[str, Any] | None:
+        """How the positions were changed, as apply_rope recorded it in config.json (None: unchanged)."""
+        return self.model_config.get(PROVENANCE_KEY)
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        return self.model_config.get("rope_parameters") or self.model_config.get("rope_scaling") or {}
+
+    @property
+    def needs_extend(self) -> bool:
+        """Whether stock loaders cannot express the method (config.json names a rope type `import extend` registers)."""
+        return self.rope_parameters.get("rope_type") == ENTROPY_ROPE_TYPE
+
+    @property
+    def tokenizer_max_length(self) -> int | None:
+        return self.tokenizer_config.get("model_max_length")
+
+    @property
+    def promised_length(self) -> int:
+        """The context length the run set out to reach: factor x original length for a changed method, else
+        the base's own length."""
+        method = self.position_method
+        if method:
+            return round(method["factor"] * method["original_max_position_embeddings"])
+        return int(self.model_config["max_position_embeddings"])
+
+    @property
+    def original_length(self) -> int:
+        method = self.position_method
+        return int(method["original_max_position_embeddings"]) if method else self.promised_length
+
+    def served(self) -> dict[str, int | None]:
+        """The length transformers, the tokenizer and vLLM derive from the export (extend.rope.served_lengths)."""
+        return served_lengths(self.model_config, self.tokenizer_max_length)
