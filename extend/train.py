@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, PreTrainedConfig, PreTrainedToken
 from transformers.integrations import unset_hf_deepspeed_config
 
 import extend  # noqa: F401  (registers entropy_abf)
-from extend.adapters import Adapter, build_adapter, count_parameters, load_trainable_state, trainable_state
+from extend.adapters import Adapter, build_adapter, load_trainable_state, trainable_state
 from extend.cli import run_cli
 from extend.config import ConfigError, ExtendConfig, RopeConfig
 from extend.data.manifest import read_manifest, verify_dataset
@@ -239,8 +239,7 @@ def setup(cfg: ExtendConfig) -> Run:
     model = adapter.attach(model)
     if cfg.train.gradient_checkpointing:
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    trainable, total = count_parameters(model)
-    accelerator.print(f"{cfg.adapter.type}: {trainable:,} trainable of {total:,} parameters")
+    accelerator.print(f"{cfg.adapter.type}: {adapter.trainable_summary(model)}")
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(

@@ -47,6 +47,11 @@ class AdapterHooks:
     def load_state(self, model: nn.Module, state: dict) -> None:
         """Restore what state() returned, on resume."""
 
+    def trainable_summary(self, model: nn.Module) -> str:
+        """One line for the log: what trains."""
+        trainable, total = count_parameters(model)
+        return f"{trainable:,} trainable of {total:,} parameters"
+
     def describe(self, model: nn.Module) -> dict:
         """What the run card should say about the adapter."""
         return {}

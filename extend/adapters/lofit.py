@@ -187,6 +187,13 @@ class LofitAdapter(AdapterHooks):
         if self.chosen:
             self._set_stage_two(self.layers(model))
 
+    def trainable_summary(self, model: nn.Module) -> str:
+        lofit, total, head_dim = self.cfg.lofit, self.total_heads(model), self.layers(model)[0].head_dim
+        kept = self.heads_to_keep(total)
+        stage_two = [name for name, on in (("v", lofit.train_offsets), ("A", lofit.train_scales)) if on]
+        return (f"{total * head_dim:,} trainable in stage 1 (A on all {total} heads, {lofit.select_steps} steps), "
+                f"{kept * head_dim * len(stage_two):,} in stage 2 ({' and '.join(stage_two)} on {kept} heads)")
+
     def describe(self, model: nn.Module) -> dict:
         """For the run card: the selected heads and what trained."""
         head_dim = self.layers(model)[0].head_dim
