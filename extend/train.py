@@ -14,6 +14,7 @@ import importlib.util
 import hashlib
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -50,7 +51,7 @@ from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_
 from extend.training.schedule import SCHEDULES, build_scheduler
 
 # Keys that change what a run computes; the rest (logging, resume policy, step cap) may differ on resume.
-# How the run is distributed is checked against the checkpoint's format instead (resume_checkpoint).
+# How the run is distributed is checked against the checkpoint's format instead (check_resumable).
 _NOT_FINGERPRINTED = {"train": ("resume", "log_every", "tracker", "max_steps", "checkpoint_every", "keep_checkpoints")}
 _NOT_FINGERPRINTED_GROUPS = ("accelerate",)
 
@@ -410,7 +411,7 @@ def checkpoint(run: Run) -> None:
     acc.wait_for_everyone()
 
 
-def trained_model(run: Run) -> nn.Module:
+def trained_model(run: Run) -> nn.Module | None:
     """The adapted model with its trained weights, whole, on the main process (None on the others).
 
     Under DeepSpeed the weights may be sharded (ZeRO-3): every process takes part in gathering them, and
@@ -492,7 +493,8 @@ def train(cfg: ExtendConfig) -> Path:
         finished = fit(run, stop)
     if not finished:
         run.accelerator.end_training()
-        raise SystemExit(128 + stop.signal)
+        # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
+        raise SystemExit(128 + (stop.signal or signal.SIGTERM))
     final = export(run)
     run.accelerator.end_training()
     if cfg.eval.after_training and run.accelerator.is_main_process:
