@@ -132,6 +132,10 @@ class TrainConfig:
     # no, bf16 or fp16 (accelerate autocast; RoPE angles stay float32 either way).
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    # Attention per packed document (one causal SDPA call each, extend/models/packed_attention.py) instead of
+    # SDPA with a block-diagonal mask, whose memory is quadratic in the row length. Only where the model runs
+    # plain sdpa; the export keeps model.attn_implementation.
+    packed_attention: bool = True
     # Tokens per cross-entropy chunk; full-sequence logits are never built. 0 = one chunk (reference).
     loss_chunk_size: int = 1024
     log_every: int = 1

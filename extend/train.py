@@ -39,6 +39,7 @@ from extend.config import ConfigError, ExtendConfig, RopeConfig
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
 from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
+from extend.models.packed_attention import restore_attention, use_packed_attention
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
@@ -237,6 +238,8 @@ def setup(cfg: ExtendConfig) -> Run:
     stages = stages_from_manifest(Path(cfg.data.output_dir), manifest)
 
     model = load_base_model(cfg.model, model_config, seed=cfg.seed, quantize=cfg.adapter.quantize)
+    if cfg.train.packed_attention:
+        use_packed_attention(model)
     model = adapter.attach(model)
     if cfg.train.gradient_checkpointing:
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -450,6 +453,7 @@ def export(run: Run) -> Path:
             merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
         else:
             merged = run.adapter.merged(inner)
+        restore_attention(merged)
         save_extended(merged, run.tokenizer, tmp)
         write_run_card(tmp, {
             "run_name": cfg.run_name,

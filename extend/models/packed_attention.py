@@ -1,0 +1,70 @@
+"""Attention that stays inside packed documents without a block-diagonal mask, for training.
+
+A packed row holds several documents whose position ids restart at 0. transformers keeps them apart by
+building a (rows, 1, T, T) mask from the position ids, which sends SDPA to its explicit-mask path: memory
+and time quadratic in the row length on CPU (and on GPUs without FlashAttention's varlen kernel); at 8k a
+4-head layer materialises a gigabyte of attention weights. `extend_packed_sdpa` instead splits every row at
+its restarts and calls SDPA once per document with `is_causal=True`, the fused path, so memory grows with
+the longest document rather than with the square of the row.
+
+It is registered in transformers' AttentionInterface (with the mask function of FlashAttention, which
+builds no mask when there is no padding) and used only by the training loop on rows without padding masks;
+exports keep their own attention implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+PACKED_SDPA = "extend_packed_sdpa"
+
+
+def document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, stop) of each document in one row: a document starts where its position id is 0."""
+    starts = (position_ids == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
+    return list(zip(starts, starts[1:] + [position_ids.shape[0]]))
+
+
+def packed_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None, **kwargs):
+    """Causal SDPA per document of each packed row. query/key/value: (rows, heads, T, head_dim)."""
+    if attention_mask is not None or query.shape[2] != key.shape[2]:
+        raise ValueError(f"{PACKED_SDPA} is for training on packed rows (no padding mask, no cache); load the model "
+                         "with attn_implementation='sdpa' for inference")
+    kwargs.pop("is_causal", None)
+    if position_ids is None:
+        return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+    rows = []
+    for b in range(query.shape[0]):
+        pieces = [
+            sdpa_attention_forward(module, query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
+                                   None, is_causal=True, **kwargs)[0]
+            for s, e in document_spans(position_ids[b])
+        ]
+        rows.append(torch.cat(pieces, dim=1))  # sdpa_attention_forward returns (1, T, heads, head_dim)
+    return torch.cat(rows, dim=0), None
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+AttentionMaskInterface.register(PACKED_SDPA, flash_attention_mask)
+
+
+def restore_attention(model: PreTrainedModel) -> None:
+    """Back to plain SDPA (before saving or evaluating a model trained with per-document attention)."""
+    if model.config._attn_implementation == PACKED_SDPA:
+        model.set_attn_implementation("sdpa")
+
+
+def use_packed_attention(model: PreTrainedModel) -> bool:
+    """Switch a model that runs plain SDPA to per-document SDPA; True if it did. Others (eager, FlashAttention,
+    entropy-aware ABF's kernels) are left as they are."""
+    if model.config._attn_implementation != "sdpa":
+        return False
+    model.set_attn_implementation(PACKED_SDPA)
+    return True
