@@ -380,6 +380,9 @@ class EncoderTrainConfig:
     # Seed of the training pairs and of torch; keep it apart from encoder.eval.seed.
     seed: int = 1
     log_every: int = 10
+    # Also fine-tune the original model the same way (lengths capped at its trained length, inputs truncated
+    # there) and evaluate it as `control`: what the training alone does, without the extension.
+    control: bool = False
 
 
 @dataclass

@@ -202,11 +202,13 @@ def test_small_end_to_end_run_on_real_minilm(tmp_path):
     cfg = ExtendConfig(run_name="minilm_smoke", output_dir=str(tmp_path / "run"))
     cfg.encoder = EncoderConfig(model="all-minilm-l6-v2", target_length=1024)
     cfg.encoder.eval.lengths, cfg.encoder.eval.candidates = [128, 640], 4
-    cfg.encoder.train.steps, cfg.encoder.train.batch_size, cfg.encoder.train.lengths = 2, 2, [128, 256]
+    cfg.encoder.train.steps, cfg.encoder.train.batch_size, cfg.encoder.train.lengths = 2, 2, [128, 640]
+    cfg.encoder.train.control = True
     data = run_encoder(cfg)
     out = Path(cfg.output_dir)
     saved = json.loads((out / "eval.json").read_text())
-    assert saved == data and set(saved["results"]) == {"original", "interpolated", "fine-tuned"}
+    assert saved == data and set(saved["results"]) == {"original", "interpolated", "fine-tuned", "control"}
+    assert saved["variants"]["control"]["read_length"] == 512
     cells = saved["results"]["original"]["passkey"]
     assert set(cells) == {"128", "640"} and cells["640"]["read_length"] == 512 and cells["640"]["n"] == 4
     assert all(0 <= c["value"] <= 1 for v in saved["results"].values() for t in v.values() for c in t.values())

@@ -4,7 +4,9 @@ evaluate (c) -> export -> eval.json + report.md in the run folder.
 (a) the original model, truncating every input at its trained length L (what users get today);
 (b) training-free interpolation to the target length, read with consecutive position ids (what the export
     does in stock transformers);
-(c) (b) after contrastive fine-tuning, when encoder.train.steps > 0.
+(c) (b) after contrastive fine-tuning, when encoder.train.steps > 0;
+control (encoder.train.control): the base fine-tuned the same way without extension, still truncating at
+    L, so the report separates what the extension adds from what the training task teaches by itself.
 """
 
 from __future__ import annotations
@@ -127,6 +129,15 @@ def run_encoder(cfg: ExtendConfig) -> dict:
                         f"interpolated x{factor}, then {t.steps} contrastive steps training {t.trainable}")
         results.update(evaluate([final], sets, **score))
         variants.append(final)
+        if t.control:
+            control = load_encoder(path, enc.attn_implementation).to(device)
+            fine_tune(control, tokenizer, Reader(old), steps=t.steps, batch_size=t.batch_size,
+                      lengths=[min(n, old) for n in t.lengths], learning_rate=t.learning_rate,
+                      temperature=t.temperature, trainable=t.trainable, min_query_tokens=t.min_query_tokens,
+                      seed=t.seed, pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every)
+            variants.append(Variant("control", control, Reader(old), f"the base model (truncating at {old}) "
+                                    f"fine-tuned the same way at lengths <= {old}, without extension"))
+            results.update(evaluate(variants[-1:], sets, **score))
     export_dir = save_encoder(final.model, tokenizer, out / "final", enc, old)
     data = {
         "schema": "extend.encoders/1",
