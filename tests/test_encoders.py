@@ -187,9 +187,10 @@ def test_bad_input_is_one_clear_error_before_any_weights():
     assert len(problems) == 2 and "encoder.eval.lengths" in problems[0] and "encoder.pooling" in problems[1]
 
 
-def test_cli_reports_a_target_below_the_original_length(minilm_dir, capsys):
+def test_cli_reports_a_target_below_the_original_length(minilm_dir, capsys, tmp_path, monkeypatch):
     from extend.cli import run_cli
     from extend.encoders.__main__ import main
+    monkeypatch.chdir(tmp_path)  # Hydra's job log lands in the run folder
     with pytest.raises(SystemExit) as exit_:
         run_cli(main, job_name="encoders", argv=["recipe=minilm_2k", "encoder.target_length=256",
                                                    "hydra.run.dir=.", "hydra.output_subdir=null"])
