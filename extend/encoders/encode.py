@@ -73,13 +73,9 @@ def embed(model: PreTrainedModel, rows: list[list[int]], reader: Reader, pad_id:
           normalize: bool = True, batch_size: int = 8) -> torch.Tensor:
     """Embeddings of many rows, batched by similar length (sorted) so little compute goes to padding."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out = torch.empty(0)
     parts: dict[int, torch.Tensor] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         vecs = forward(model, [rows[i] for i in chunk], reader, pad_id, pooling, normalize)
-        for i, v in zip(chunk, vecs.float().cpu()):
-            parts[i] = v
-    if parts:
-        out = torch.stack([parts[i] for i in range(len(rows))])
-    return out
+        parts.update(zip(chunk, vecs.float().cpu()))
+    return torch.stack([parts[i] for i in range(len(rows))])

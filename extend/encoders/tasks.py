@@ -48,24 +48,24 @@ class RetrievalSet:
     length: int | None = None
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _special_parts(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a single text (BERT: [CLS], [SEP])."""
-    plain, full = _ids(tokenizer, "a"), tokenizer("a")["input_ids"]
+    plain, full = token_ids(tokenizer, "a"), tokenizer("a")["input_ids"]
     start = next(i for i in range(len(full)) if full[i:i + len(plain)] == plain)
     return full[:start], full[start + len(plain):]
 
 
-def _wrap(tokenizer, ids: list[int]) -> list[int]:
+def with_specials(tokenizer, ids: list[int]) -> list[int]:
     head, tail = _special_parts(tokenizer)
     return head + ids + tail
 
 
 def _specials(tokenizer) -> int:
-    return len(_wrap(tokenizer, []))
+    return len(with_specials(tokenizer, []))
 
 
 def _document(tokenizer, sentences: list[list[int]], needle: list[int], length: int, depth: float,
@@ -86,21 +86,21 @@ def _document(tokenizer, sentences: list[list[int]], needle: list[int], length: 
         raise ValueError("the haystack text is too short for this length")
     hay = hay[:budget]
     cut = min((s for s in starts if s <= budget), key=lambda s: abs(s - depth * budget))
-    return _wrap(tokenizer, prefix + hay[:cut] + needle + hay[cut:])
+    return with_specials(tokenizer, prefix + hay[:cut] + needle + hay[cut:])
 
 
 def passkey(tokenizer, length: int, candidates: int, seed: int, prefixes: tuple[str, str] = ("", "")) -> RetrievalSet:
     """`prefixes`: text put before every (query, document), e.g. E5's ("query: ", "passage: ")."""
-    query_prefix, doc_prefix = _ids(tokenizer, prefixes[0]), _ids(tokenizer, prefixes[1])
+    query_prefix, doc_prefix = token_ids(tokenizer, prefixes[0]), token_ids(tokenizer, prefixes[1])
     rng = random.Random(seed)
-    filler = [_ids(tokenizer, s.strip() + ".") for s in FILLER.split(".") if s.strip()]
+    filler = [token_ids(tokenizer, s.strip() + ".") for s in FILLER.split(".") if s.strip()]
     sentences = filler * (length // sum(map(len, filler)) + 2)
     keys = rng.sample(range(10000, 100000), candidates)
     docs, queries = [], []
     for key in keys:
-        needle = _ids(tokenizer, f"The pass key is {key}. Remember it. {key} is the pass key.")
+        needle = token_ids(tokenizer, f"The pass key is {key}. Remember it. {key} is the pass key.")
         docs.append(_document(tokenizer, sentences, needle, length, rng.random(), doc_prefix))
-        queries.append(_wrap(tokenizer, query_prefix + _ids(tokenizer, f"What is the pass key? The pass key is {key}.")))
+        queries.append(with_specials(tokenizer, query_prefix + token_ids(tokenizer, f"What is the pass key? The pass key is {key}.")))
     return RetrievalSet("passkey", queries, docs, [{i} for i in range(candidates)], length)
 
 
@@ -117,31 +117,29 @@ def haystack_lines(split: str, max_files: int = 40) -> list[str]:
     return _LINES[split]
 
 
-def _window(tokenizer, lines: list[str], rng: random.Random, tokens: int) -> list[list[int]]:
-    """Consecutive lines from a random start, tokenised, until they hold at least `tokens` tokens."""
-    start = rng.randrange(len(lines))
+def line_window(tokenizer, lines: list[str], start: int, tokens: int) -> list[list[int]]:
+    """Consecutive lines from `start` (wrapping around), tokenised, until they hold at least `tokens` tokens."""
     out, total = [], 0
     while total < tokens:
-        ids = _ids(tokenizer, lines[start % len(lines)])
+        ids = token_ids(tokenizer, lines[(start + len(out)) % len(lines)])
         out.append(ids)
         total += len(ids)
-        start += 1
     return out
 
 
 def needle(tokenizer, length: int, candidates: int, seed: int, prefixes: tuple[str, str] = ("", ""),
            split: str = "heldout") -> RetrievalSet:
     """`split`: `heldout` haystack text for evaluation, `training` for fine-tuning pairs."""
-    query_prefix, doc_prefix = _ids(tokenizer, prefixes[0]), _ids(tokenizer, prefixes[1])
+    query_prefix, doc_prefix = token_ids(tokenizer, prefixes[0]), token_ids(tokenizer, prefixes[1])
     rng = random.Random(seed)
     pairs = rng.sample([(t, p) for t in THINGS for p in PLACES], candidates)
     lines = haystack_lines(split)
     docs, queries = [], []
     for thing, place in pairs:
-        fact = _ids(tokenizer, f"The secret {thing} of {place} is {rng.choice(VALUES)}.")
-        docs.append(_document(tokenizer, _window(tokenizer, lines, rng, length), fact, length, rng.random(),
-                              doc_prefix))
-        queries.append(_wrap(tokenizer, query_prefix + _ids(tokenizer, f"What is the secret {thing} of {place}?")))
+        fact = token_ids(tokenizer, f"The secret {thing} of {place} is {rng.choice(VALUES)}.")
+        hay = line_window(tokenizer, lines, rng.randrange(len(lines)), length)
+        docs.append(_document(tokenizer, hay, fact, length, rng.random(), doc_prefix))
+        queries.append(with_specials(tokenizer, query_prefix + token_ids(tokenizer, f"What is the secret {thing} of {place}?")))
     return RetrievalSet("needle", queries, docs, [{i} for i in range(candidates)], length)
 
 
@@ -170,6 +168,6 @@ def local_set(tokenizer, folder: str, prefixes: tuple[str, str] = ("", "")) -> R
         relevant[query_index[row["query_id"]]].add(doc_index[row["doc_id"]])
     keep = [i for i, r in enumerate(relevant) if r]
     return RetrievalSet(f"local:{root.name}",
-                        [_wrap(tokenizer, _ids(tokenizer, prefixes[0] + queries[i]["text"])) for i in keep],
-                        [_wrap(tokenizer, _ids(tokenizer, prefixes[1] + d["text"])) for d in corpus],
+                        [with_specials(tokenizer, token_ids(tokenizer, prefixes[0] + queries[i]["text"])) for i in keep],
+                        [with_specials(tokenizer, token_ids(tokenizer, prefixes[1] + d["text"])) for d in corpus],
                         [relevant[i] for i in keep])

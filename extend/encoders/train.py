@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from extend.config import ConfigError
 from extend.encoders.encode import Reader, forward
-from extend.encoders.tasks import _ids, _wrap, haystack_lines
+from extend.encoders.tasks import haystack_lines, line_window, token_ids, with_specials
 
 
 @dataclass
@@ -34,29 +34,19 @@ class Pair:
     doc: list[int]
 
 
-def _lines_ids(tokenizer, lines: list[str], start: int, tokens: int) -> list[list[int]]:
-    """Tokenised consecutive lines from `start` until they hold at least `tokens` tokens."""
-    out, total = [], 0
-    while total < tokens:
-        ids = _ids(tokenizer, lines[(start + len(out)) % len(lines)])
-        out.append(ids)
-        total += len(ids)
-    return out
-
-
 def make_batch(tokenizer, lines: list[str], length: int, size: int, rng: random.Random, min_query_tokens: int,
                prefixes: tuple[str, str] = ("", "")) -> list[Pair]:
     """`size` pairs that share one haystack: document i is the haystack with line i inserted at its own
     random line boundary, query i is line i. The documents differ only in that line, so a query can find its
     document only if the embedding keeps a short passage from anywhere in a long input (hard negatives)."""
-    query_prefix, doc_prefix = _ids(tokenizer, prefixes[0]), _ids(tokenizer, prefixes[1])
+    query_prefix, doc_prefix = token_ids(tokenizer, prefixes[0]), token_ids(tokenizer, prefixes[1])
     needles: list[list[int]] = []
     while len(needles) < size:
-        ids = _ids(tokenizer, lines[rng.randrange(len(lines))])
+        ids = token_ids(tokenizer, lines[rng.randrange(len(lines))])
         if min_query_tokens <= len(ids) <= 48 and ids not in needles:
             needles.append(ids)
-    budget = length - len(_wrap(tokenizer, [])) - len(doc_prefix) - max(map(len, needles))
-    hay_lines = _lines_ids(tokenizer, lines, rng.randrange(len(lines)), budget)
+    budget = length - len(with_specials(tokenizer, [])) - len(doc_prefix) - max(map(len, needles))
+    hay_lines = line_window(tokenizer, lines, rng.randrange(len(lines)), budget)
     bounds = [0]
     for ids in hay_lines:
         bounds.append(bounds[-1] + len(ids))
@@ -65,8 +55,8 @@ def make_batch(tokenizer, lines: list[str], length: int, size: int, rng: random.
     pairs = []
     for needle in needles:
         cut = rng.choice(bounds)
-        pairs.append(Pair(_wrap(tokenizer, query_prefix + needle),
-                          _wrap(tokenizer, doc_prefix + hay[:cut] + needle + hay[cut:])))
+        pairs.append(Pair(with_specials(tokenizer, query_prefix + needle),
+                          with_specials(tokenizer, doc_prefix + hay[:cut] + needle + hay[cut:])))
     return pairs
 
 
