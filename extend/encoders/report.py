@@ -44,6 +44,6 @@ def write_report(data: dict, path: Path) -> None:
     if train["steps"]:
         lines += ["", f"Fine-tuning: {train['steps']} steps (seed {train['seed']}), training {train['trainable']}; "
                   f"loss {train['first_loss']} -> {train['last_loss']}; {train['seconds']} s."]
-    lines += ["", f"Export: `{data['export']}` (loads with stock transformers / sentence-transformers at "
-              f"{data['target_length']} tokens)."]
+    lines += ["", f"Export: `{data['export']}` (max_position_embeddings, tokenizer model_max_length and "
+              f"sentence-transformers max_seq_length = {data['target_length']})."]
     path.write_text("\n".join(lines) + "\n")
