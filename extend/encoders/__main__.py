@@ -1,0 +1,23 @@
+"""`python -m extend.encoders recipe=minilm_2k [encoder.key=value ...]`
+
+Extends an embedding encoder's learned position table by interpolation, optionally fine-tunes it
+contrastively, evaluates the original (truncating), the interpolated and the fine-tuned model on
+LongEmbed-style passkey and needle retrieval, and writes eval.json, report.md and the export (final/) into
+outputs/<run_name>. `--help` lists groups and options; `--cfg job` prints the composed config.
+"""
+
+from extend.cli import run_cli
+from extend.config import ExtendConfig
+from extend.encoders.report import averages
+from extend.encoders.run import run_encoder
+
+
+def main(cfg: ExtendConfig) -> None:
+    data = run_encoder(cfg)
+    print(f"wrote {cfg.output_dir}/eval.json, report.md and final/")
+    for variant, avg in averages(data).items():
+        print(f"  {variant}: nDCG@1 <= {data['original_length']}: {avg['short']}, > {data['original_length']}: {avg['long']}")
+
+
+if __name__ == "__main__":
+    run_cli(main, job_name="encoders")

