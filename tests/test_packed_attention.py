@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from extend.models import packed_attention
 from extend.models.packed_attention import PACKED_SDPA, document_spans, restore_attention, use_packed_attention
 
 SHAPE = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -17,8 +18,11 @@ def test_document_spans():
     assert document_spans(torch.tensor([5, 6, 0, 1])) == [(0, 2), (2, 4)]  # a row that starts mid-document
 
 
+@pytest.mark.parametrize("per_document", [True, False], ids=["one call per document", "one masked call"])
 @pytest.mark.parametrize("family", [(LlamaConfig, LlamaForCausalLM), (Qwen2Config, Qwen2ForCausalLM)])
-def test_same_logits_and_gradients_as_the_block_mask(family):
+def test_same_logits_and_gradients_as_the_block_mask(family, per_document, monkeypatch):
+    if per_document:
+        monkeypatch.setattr(packed_attention, "MASKED_BYTES", 0)
     config_class, model_class = family
     torch.manual_seed(0)
     model = model_class(config_class(**SHAPE))

@@ -9,7 +9,9 @@ the longest document rather than with the square of the row.
 
 It is registered in transformers' AttentionInterface (with the mask function of FlashAttention, which
 builds no mask when there is no padding) and used only by the training loop on rows without padding masks;
-exports keep their own attention implementation.
+exports keep their own attention implementation. Where the quadratic part is small (attention weights of
+at most MASKED_BYTES for the whole batch, e.g. short rows with many tiny documents, where one call per
+document would cost more in calls than it saves), it makes one SDPA call with the block-diagonal mask.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 PACKED_SDPA = "extend_packed_sdpa"
+# Up to this many bytes of float32 attention weights (rows x heads x T x T) one masked SDPA call is used.
+MASKED_BYTES = 64 * 2**20
 
 
 def document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -29,6 +33,15 @@ def document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     if not starts or starts[0] != 0:
         starts = [0] + starts
     return list(zip(starts, starts[1:] + [position_ids.shape[0]]))
+
+
+def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """(rows, 1, T, T) boolean mask: True where a token may attend (same document, not in the future)."""
+    document = (position_ids == 0).cumsum(dim=-1)
+    same = document[:, :, None] == document[:, None, :]
+    length = position_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
+    return (same & causal)[:, None]
 
 
 def packed_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -40,6 +53,9 @@ def packed_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     kwargs.pop("is_causal", None)
     if position_ids is None:
         return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+    length = query.shape[2]
+    if query.shape[0] * query.shape[1] * length * length * 4 <= MASKED_BYTES:
+        return sdpa_attention_forward(module, query, key, value, block_causal_mask(position_ids), **kwargs)
     rows = []
     for b in range(query.shape[0]):
         pieces = [
