@@ -24,7 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, flash_attention_m
 
 PACKED_SDPA = "extend_packed_sdpa"
 # Up to this many bytes of float32 attention weights (rows x heads x T x T) one masked SDPA call is used.
-MASKED_BYTES = 64 * 2**20
+MASKED_BYTES = 16 * 2**20
 
 
 def document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
