@@ -19,7 +19,7 @@ from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, resolve_rope
 from extend.train import train
 
-from training_fixtures import dataset_dir, make_config  # noqa: F401  (fixtures)
+from training_fixtures import dataset_dir, make_config, stock_reload_max_diff  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,18 +86,7 @@ def test_final_model_reloads_in_a_fresh_process_without_extend(make_config, tmp_
     ids = torch.randint(0, 4000, (1, 128), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = PeftModel.from_pretrained(base_model(cfg), final / "adapter")(ids, use_cache=False).logits
-    torch.save({"ids": ids, "logits": expected}, tmp_path / "ref.pt")
-    script = (
-        "import sys, torch; from transformers import AutoModelForCausalLM\n"
-        f"ref = torch.load({str(tmp_path / 'ref.pt')!r}, weights_only=True)\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(final)!r})\n"
-        "assert 'extend' not in sys.modules\n"
-        "with torch.no_grad(): out = m(ref['ids'], use_cache=False).logits\n"
-        "print('DIFF', (out - ref['logits']).abs().max().item())\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.split("DIFF")[1]) <= 1e-5
+    assert stock_reload_max_diff(final, ids, expected, tmp_path) <= 1e-5
 
 
 def test_batch_one_times_accumulation_four_equals_batch_four(make_config, tmp_path):

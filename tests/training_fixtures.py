@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -48,3 +51,21 @@ def make_config(dataset_dir, tmp_path):
         return compose_typed(f"data.output_dir={dataset_dir}", f"output_dir={tmp_path / 'run'}", *overrides)
 
     return _make
+
+
+def stock_reload_max_diff(folder: Path, ids: torch.Tensor, expected: torch.Tensor, workdir: Path,
+                          check: str = "True") -> float:
+    """Largest logit difference of `folder` loaded in a fresh process by stock transformers (never importing
+    extend) from `expected` on `ids`; `check` is an extra assertion on the loaded model `m`."""
+    torch.save({"ids": ids, "logits": expected}, workdir / "ref.pt")
+    script = (
+        "import sys, torch; from transformers import AutoModelForCausalLM\n"
+        f"ref = torch.load({str(workdir / 'ref.pt')!r}, weights_only=True)\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r})\n"
+        f"assert 'extend' not in sys.modules and ({check})\n"
+        "with torch.no_grad(): out = m(ref['ids'], use_cache=False).logits\n"
+        "print('DIFF', (out - ref['logits']).abs().max().item())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(proc.stdout.split("DIFF")[1])
