@@ -1,0 +1,31 @@
+"""Smoke test of bench/method_study.py at minimal size: two methods, two seeds, a saved tiny base."""
+
+import importlib
+import json
+
+from extend.config import ModelConfig
+from extend.models.loading import build_random, load_base_config
+from extend.models.tokenizer import load_tokenizer
+
+
+def test_method_study_runs_at_minimal_size(tmp_path, capsys):
+    base = tmp_path / "base"
+    build_random(load_base_config(ModelConfig(name_or_path="tiny-llama"), tokenizer=load_tokenizer("tiny")), seed=0).save_pretrained(base)
+    bench = importlib.import_module("bench.method_study")
+    small = ["model=hf", f"model.name_or_path={base}", "eval.tokenizer=tiny", "data=stdlib", "data.sources.stdlib.max_documents=24",
+             "curriculum.tokens_per_step=512", "curriculum.stages=[{length: 64, steps: 2}, {length: 128, steps: 2}]",
+             "eval.lengths=[128]", "eval.items_per_cell=1", "eval.depths=[0.5]", "eval.perplexity.max_windows=1",
+             "eval.perplexity.max_documents=2", "rope.factor=2"]
+    results = bench.main(["--methods", "linear", "yarn", "--seeds", "0", "1", "--out", str(tmp_path / "study"), "--", *small])
+    assert set(results) == {"linear", "yarn"}
+    for r in results.values():
+        assert set(r["fine_tuned"]) == {0, 1}
+        assert r["no_training"]["perplexity"][128] > 0
+        assert all(run["perplexity"][128] > 0 for run in r["fine_tuned"].values())
+    # Different seeds train on different data: the two fine-tuned models differ.
+    linear = results["linear"]["fine_tuned"]
+    assert linear[0]["perplexity"][128] != linear[1]["perplexity"][128]
+    saved = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert saved["command"].startswith("python -m bench.method_study --methods linear yarn --seeds 0 1")
+    assert (tmp_path / "study" / "method_study.png").stat().st_size > 0
+    assert "| linear | fine-tuned (2 seeds) |" in capsys.readouterr().out
