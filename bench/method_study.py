@@ -4,7 +4,8 @@
                                  [-- extra Hydra overrides]
 
 For each method (conf/rope/<method>.yaml with rope.factor=--factor, its other parameters at their
-defaults) and the tiny recipe (base trained at 128 tokens, extension data and curriculum up to 1024):
+defaults, `truncated` with truncation_length 16; `longrope` is left out of the default list because its per-dimension factors come from a search
+this project does not run: pass it with `-- rope.short_factor=[...] rope.long_factor=[...]`) and the tiny recipe (base trained at 128 tokens, extension data and curriculum up to 1024):
 
 - no training: the tiny base with the method applied at load time, evaluated once (the items are fixed);
 - fine-tuned: recipe=tiny with that method, once per seed, where the seed draws both the training seed and
@@ -12,7 +13,9 @@ defaults) and the tiny recipe (base trained at 128 tokens, extension data and cu
 
 Every run is evaluated by extend.eval (eval=tiny: held-out perplexity and passkey at 128-1024 tokens, the
 same items for all). Writes DIR/results.json, DIR/table.md (mean and spread over seeds) and
-DIR/method_study.png, and prints the table. Extra overrides after `--` go to every run (e.g. to shrink it).
+DIR/method_study.png (rewritten after every method, so an interrupted study keeps what it measured), and
+prints the table. Every method's config is validated before anything runs. Extra overrides after `--` go to
+every run (e.g. to shrink it).
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ from omegaconf import OmegaConf
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.config import CONF_DIR, REPO_ROOT, ExtendConfig
 from extend.eval import run_eval
-from extend.rope import METHODS
+from extend.config import ConfigError
+from extend.models import load_base_config
+from extend.rope import METHODS, resolve_rope
 from extend.train import train
 
 TASKS = ("perplexity", "passkey")
+# Methods that need more than a factor (LongRoPE's searched per-dimension factors) are opt-in.
+DEFAULT_METHODS = [m for m in METHODS if m != "longrope"]
+# Parameters a method needs besides the factor, for the tiny base's 128 trained tokens.
+METHOD_OVERRIDES = {"truncated": ["rope.truncation_length=16"]}  # the original length / 8, as conf/rope suggests
+
+
+def rope_overrides(method: str, factor: float) -> list[str]:
+    return [f"rope={method}", f"rope.factor={factor}", *METHOD_OVERRIDES.get(method, [])]
 
 
 def composed(*overrides: str) -> ExtendConfig:
@@ -45,15 +58,28 @@ def by_length(eval_json: dict) -> dict[str, dict[int, float]]:
     return {task: {int(k): c["value"] for k, c in results[task]["by_length"].items()} for task in TASKS}
 
 
+def check_methods(methods: list[str], factor: float, extra: list[str]) -> None:
+    """Every method's rope config against the base, before any run: one error listing every problem."""
+    problems = []
+    for method in methods:
+        cfg = composed("recipe=tiny", *rope_overrides(method, factor), *extra)
+        try:
+            resolve_rope(cfg.rope, load_base_config(cfg.model))
+        except ConfigError as err:
+            problems += [f"{method}: {p}" for p in err.problems]
+    if problems:
+        raise ConfigError(problems)
+
+
 def no_training(method: str, factor: float, out: Path, extra: list[str]) -> dict[str, dict[int, float]]:
-    cfg = composed("recipe=tiny", f"rope={method}", f"rope.factor={factor}", "eval.comparisons=[]",
+    cfg = composed("recipe=tiny", *rope_overrides(method, factor), "eval.comparisons=[]",
                    f"eval.output_dir={out}", f"eval.name='{method} x{factor:g} (no training)'", *extra)
     return by_length(run_eval(cfg))
 
 
 def fine_tuned(method: str, factor: float, seed: int, root: Path, extra: list[str]) -> dict[str, dict[int, float]]:
     run = root / f"{method}-seed{seed}"
-    cfg = composed("recipe=tiny", f"rope={method}", f"rope.factor={factor}", f"seed={seed}", f"data.seed={seed}",
+    cfg = composed("recipe=tiny", *rope_overrides(method, factor), f"seed={seed}", f"data.seed={seed}",
                    f"data.output_dir={root / f'data-seed{seed}'}", f"output_dir={run}", f"run_name={method}-seed{seed}",
                    "eval.comparisons=[]", f"eval.name='{method} x{factor:g} fine-tuned (seed {seed})'",
                    "train.checkpoint_every=0", "train.tracker=none", *extra)
@@ -112,14 +138,18 @@ def plot(results: dict, lengths: list[int], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--factor", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "method_study")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
     opts = parser.parse_args(argv)
+    check_methods(opts.methods, opts.factor, opts.extra)
     opts.out.mkdir(parents=True, exist_ok=True)
     runs = opts.out / "runs"
+    command = "python -m bench.method_study " + " ".join(
+        [f"--methods {' '.join(opts.methods)}", f"--seeds {' '.join(map(str, opts.seeds))}", f"--factor {opts.factor:g}"]
+        + (["--", *opts.extra] if opts.extra else []))
     results = {}
     for method in opts.methods:
         print(f"== {method}", flush=True)
@@ -127,16 +157,19 @@ def main(argv: list[str] | None = None) -> dict:
             "no_training": no_training(method, opts.factor, runs / f"{method}-no-training", opts.extra),
             "fine_tuned": {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra) for seed in opts.seeds},
         }
-    lengths = sorted(next(iter(results.values()))["no_training"]["perplexity"])
-    text = table(results, lengths)
-    command = "python -m bench.method_study " + " ".join(
-        [f"--methods {' '.join(opts.methods)}", f"--seeds {' '.join(map(str, opts.seeds))}", f"--factor {opts.factor:g}"]
-        + (["--", *opts.extra] if opts.extra else []))
-    (opts.out / "results.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    (opts.out / "table.md").write_text(f"{command}\n\n{text}\n")
-    plot(results, lengths, opts.out / "method_study.png")
+        text = write(results, command, opts.out)
     print(text)
     return results
+
+
+def write(results: dict, command: str, out: Path) -> str:
+    """results.json, table.md and the plot for what has been measured so far; returns the table."""
+    lengths = sorted(next(iter(results.values()))["no_training"]["perplexity"])
+    text = table(results, lengths)
+    (out / "results.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (out / "table.md").write_text(f"{command}\n\n{text}\n")
+    plot(results, lengths, out / "method_study.png")
+    return text
 
 
 if __name__ == "__main__":
