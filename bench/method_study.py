@@ -95,7 +95,7 @@ def summarise(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def table(results: dict, lengths: list[int]) -> str:
-    head = " | ".join(f"{n}" for n in lengths)
+    head = " / ".join(f"{n}" for n in lengths)
     lines = [f"| method | variant | perplexity @ {head} | passkey @ {head} |", "|---|---|---|---|"]
     for method, r in results.items():
         free = r["no_training"]
