@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, XLMRobertaConfig, XLMRobertaModel
 
-from extend.config import RECIPES_DIR, ConfigError, EncoderConfig, ExtendConfig
+from extend.config import ConfigError, EncoderConfig, ExtendConfig
 from extend.encoders import check_target, extend_encoder, family_of, interpolate_table, mapped_position_ids
 from extend.encoders.encode import Reader, embed
 from extend.encoders.eval import ndcg_at_1
@@ -227,12 +227,8 @@ ENCODER_RECIPES = ("minilm_2k", "e5_4k")
 def test_encoder_recipe_composes_and_validates(recipe):
     from transformers import AutoConfig
 
-    from tests.test_recipes import typed
-    text = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()
-    assert text[0] == "# @package _global_"
-    header = "\n".join(line for line in text if line.startswith("#"))
-    for part in ("Command", "Hardware:", "Expected results"):
-        assert part in header, f"{recipe}: the header must state {part}"
+    from tests.test_recipes import assert_recipe_header, typed
+    assert_recipe_header(recipe)
     cfg = typed(recipe)
     assert cfg.run_name == recipe and cfg.encoder.model is not None
     name = cfg.encoder.model

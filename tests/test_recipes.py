@@ -44,13 +44,18 @@ def base_config_of(cfg):
     return STAND_INS[cfg.model.name_or_path]
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_composes_and_validates(recipe):
+def assert_recipe_header(recipe: str) -> None:
+    """A recipe is a delta-only global package headed by its command, hardware and expected results."""
     text = (RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()
     assert text[0] == "# @package _global_"
     header = "\n".join(line for line in text if line.startswith("#"))
     for part in ("Command", "Hardware:", "Expected results"):
         assert part in header, f"{recipe}: the header must state {part}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_composes_and_validates(recipe):
+    assert_recipe_header(recipe)
     cfg = typed(recipe, "data.sources.chats.path=x.jsonl" if recipe == "entropy_abf_16k" else "run_name=" + recipe)
     assert cfg.run_name == recipe
     if cfg.encoder.model is not None:
