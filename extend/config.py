@@ -235,6 +235,10 @@ class StageConfig:
     # The RoPE base during this stage (EasyContext raises it with the length); abf / entropy_abf only.
     # The last stage's base, when set, must equal rope.rope_theta, which is what the export carries.
     rope_theta: float | None = None
+    # This stage's mixture: {source name: weight}, replacing the sources' own weights for this stage only
+    # (a source left out gets 0). Empty = the sources' weights. A data schedule, e.g. short synthetic items
+    # first and longer ones later (conf/curriculum/tiny_base.yaml).
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -165,6 +165,8 @@ def _no_eos_tokenizer(folder: Path) -> str:
     ("unknown source type", "type='xml' is unknown"),
     ("length < 2", r"curriculum.stages\[0\].length=1 must be >= 2"),
     ("zero-weight mixture", "every weight is 0"),
+    ("stage weights name an unknown source", r"curriculum.stages\[1\].weights names 'web'"),
+    ("stage weights all zero", r"curriculum.stages\[0\].weights: every weight is 0"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_marked_complete(case, message, corpus, cache, tmp_path):
     (tmp_path / "empty.txt").write_text("")
@@ -182,6 +184,10 @@ def test_bad_input_is_one_clear_error_and_nothing_is_marked_complete(case, messa
         extra = ["curriculum.stages=[{length: 1, steps: 1}]"]
     elif case == "zero-weight mixture":
         sources = {"text": {**text, "weight": 0.0}}
+    elif case == "stage weights name an unknown source":
+        extra = ["curriculum.stages=[{length: 128, steps: 1}, {length: 128, steps: 1, weights: {web: 1.0}}]"]
+    elif case == "stage weights all zero":
+        extra = ["curriculum.stages=[{length: 128, steps: 1, weights: {text: 0.0}}]"]
     out = tmp_path / "ds"
     with pytest.raises(ConfigError, match=message) as err:
         prepare(small_cfg(corpus, out, cache, extra, sources), log=lambda _: None)
@@ -198,6 +204,27 @@ def test_offline_hub_dataset_names_the_dataset_and_how_to_fetch_it(corpus, cache
         prepare(small_cfg(corpus, tmp_path / "ds", cache, [], sources), log=lambda _: None)
     assert "data.sources.web" in str(err.value)
     assert not (tmp_path / "ds").exists()
+
+
+def test_stages_with_their_own_weights_draw_only_their_sources(corpus, cache, tmp_path):
+    """A data schedule: stage 0 is text only, stage 1 passkey items only (a source weighted 0 at the top level
+    but in a stage's mixture is still read); the manifest's shares follow the stages."""
+    stages = ("[{length: 128, steps: 2, weights: {text: 1.0}}, "
+              "{length: 128, steps: 2, weights: {passkey: 3.0, text: 0.0}}]")
+    sources = {"text": {"type": "text", "path": str(corpus / "text" / "*.txt")},
+               "passkey": {"type": "synthetic", "task": "passkey", "lengths": [100, 120], "num_items": 2, "weight": 0.0}}
+    out = tmp_path / "ds"
+    manifest = json.loads((prepare(small_cfg(corpus, out, cache, [f"curriculum.stages={stages}"], sources),
+                                   log=lambda _: None) / MANIFEST).read_text())
+    first, second = manifest["stages"]
+    assert first["sources"]["text"]["tokens"] == first["real_tokens"] and first["sources"]["passkey"]["tokens"] == 0
+    assert second["sources"]["passkey"]["tokens"] == second["real_tokens"] and second["sources"]["text"]["tokens"] == 0
+    assert (first["sources"]["text"]["planned_share"], second["sources"]["passkey"]["planned_share"]) == (1.0, 1.0)
+    assert manifest["sources"]["text"]["sampling_proportion"] == manifest["sources"]["passkey"]["sampling_proportion"] == 0.5
+    rows = datasets.load_dataset("parquet", data_files=str(out / second["folder"] / "*.parquet"), split="train",
+                                 cache_dir=str(tmp_path / "hf"))
+    tokenizer = load_tokenizer("tiny", cache)
+    assert all("pass key" in tokenizer.decode(row["input_ids"]) for row in rows)
 
 
 def test_killed_run_resumes_to_the_bytes_of_a_clean_run(corpus, cache, tmp_path):

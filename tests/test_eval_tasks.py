@@ -55,6 +55,24 @@ def test_numeric_qa_numbers_are_random_not_recallable(tokenizer):
     assert "Question:" in a.prompt and a.prompt.endswith("Answer:")
 
 
+def test_copy_items_repeat_the_prompts_tokens_and_fit(tokenizer):
+    """The copy task (training data for the tiny base): the answer is the prompt's word list token for token,
+    items are a function of the seed, and as many words as fit are used."""
+    from extend.tasks.synthetic import COPY_QUESTION, copy, generate
+
+    for length in (24, 64, 200):
+        item = copy(tokenizer, length, seed=7)
+        prompt = tokenizer.encode(item.prompt, add_special_tokens=False)
+        answer = tokenizer.encode(item.answer, add_special_tokens=False)
+        tail = len(tokenizer.encode(COPY_QUESTION, add_special_tokens=False))
+        assert prompt[-tail - len(answer) : -tail] == answer
+        assert item.num_tokens == len(prompt) + len(answer) <= length
+        assert item.num_tokens > length - 16  # one more word would not fit; a word is at most 6 letters
+        assert copy(tokenizer, length, seed=7) == item != copy(tokenizer, length, seed=8)
+    items = generate("copy", tokenizer, [32, 48], num_items=3, seed=0)
+    assert [i.target_length for i in items] == [32] * 3 + [48] * 3 and len({i.answer for i in items}) == 6
+
+
 def test_windows_score_every_token_once():
     doc = list(range(100))
     disjoint = make_windows([doc], 40, 40, 10)

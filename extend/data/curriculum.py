@@ -3,9 +3,9 @@ budget per step, so a stage at length L packs exactly steps x tokens_per_step / 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from extend.config import CurriculumConfig
+from extend.config import CurriculumConfig, SourceConfig
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,14 @@ class StagePlan:
     length: int
     steps: int
     rows_per_step: int
+    # The stage's own mixture weights ({} = the sources' weights).
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def mixture(self, sources: dict[str, SourceConfig]) -> dict[str, float]:
+        """Weight of every source in this stage."""
+        if self.weights:
+            return {name: float(self.weights.get(name, 0.0)) for name in sources}
+        return {name: src.weight for name, src in sources.items()}
 
     @property
     def rows(self) -> int:
@@ -53,10 +61,25 @@ def check_curriculum(cur: CurriculumConfig) -> list[str]:
     return problems
 
 
+def check_stage_weights(cur: CurriculumConfig, sources: dict[str, SourceConfig]) -> list[str]:
+    """Problems in the stages' own mixtures: unknown sources, negative or all-zero weights."""
+    problems = []
+    for i, stage in enumerate(cur.stages):
+        key = f"curriculum.stages[{i}].weights"
+        for name, weight in stage.weights.items():
+            if name not in sources:
+                problems.append(f"{key} names {name!r}, which is not in data.sources ({', '.join(sources) or 'none'})")
+            elif weight < 0:
+                problems.append(f"{key}.{name}={weight} must be >= 0")
+        if stage.weights and sum(w for w in stage.weights.values() if w > 0) <= 0:
+            problems.append(f"{key}: every weight is 0, so the stage's mixture is empty; give a source a weight > 0")
+    return problems
+
+
 def plan_stages(cur: CurriculumConfig) -> list[StagePlan]:
     """The stages in order; call check_curriculum first."""
     return [
         StagePlan(i, s.length, s.steps if s.steps is not None else s.tokens // cur.tokens_per_step,
-                  cur.tokens_per_step // s.length)
+                  cur.tokens_per_step // s.length, dict(s.weights))
         for i, s in enumerate(cur.stages)
     ]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from extend.config import ConfigError, DataConfig, ExtendConfig
 from extend.data.corpus import python_version
-from extend.data.curriculum import StagePlan, check_curriculum, plan_stages
+from extend.data.curriculum import StagePlan, check_curriculum, check_stage_weights, plan_stages
 from extend.data.manifest import (
     FORMAT, MANIFEST, WORK, clear, config_differences, dataset_config, file_sha256, fingerprint, read_manifest,
     write_json_atomically, write_shard,
@@ -34,8 +34,9 @@ from extend.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 MIXTURE_SEMANTICS = (
     "weight is a sampling proportion: a source supplies weight / sum(weights) of every stage's tokens "
-    "(planned_share); actual_share is what the packed rows hold; repeat_factor = tokens in rows over all stages / "
-    "unique tokens of the source (above 1: documents repeat). upsample factors weight each document's draw "
+    "(a stage's planned_share; a stage with its own curriculum weights uses those, and sampling_proportion is "
+    "the token-weighted mean over stages); actual_share is what the packed rows hold; repeat_factor = tokens in "
+    "rows over all stages / unique tokens of the source (above 1: documents repeat). upsample factors weight each document's draw "
     "probability by its length bucket, inside its source."
 )
 
@@ -57,11 +58,14 @@ def check_data(data: DataConfig) -> list[str]:
 def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
     """Write the dataset `cfg` describes to `cfg.data.output_dir` (or find it already there); its path."""
     data = cfg.data
-    problems = check_data(data) + check_sources(data.sources) + check_curriculum(cfg.curriculum)
+    problems = (check_data(data) + check_sources(data.sources) + check_curriculum(cfg.curriculum)
+                + check_stage_weights(cfg.curriculum, data.sources))
     if problems:
         raise ConfigError(problems)
     tokenizer = load_tokenizer(data.tokenizer, data.cache_dir)
-    names = sorted(n for n, s in data.sources.items() if s.weight > 0)
+    plans = plan_stages(cfg.curriculum)
+    # Sources some stage draws from (a source may be weighted only in a stage's own mixture).
+    names = sorted(n for n in data.sources if any(plan.mixture(data.sources)[n] > 0 for plan in plans))
     raws = _read_sources(data, names, tokenizer)
 
     config = dataset_config(cfg)
@@ -79,7 +83,7 @@ def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
     _claim(out, existing, identity, config, data.overwrite)
 
     sources = _tokenize(raws, names, data, tokenizer, out / WORK)
-    stages = [_write_stage(plan, sources, names, data, tokenizer, out) for plan in plan_stages(cfg.curriculum)]
+    stages = [_write_stage(plan, sources, names, data, tokenizer, out) for plan in plans]
     manifest = _manifest(identity, config, data, cfg.curriculum.tokens_per_step, tokenizer, raws, sources, stages)
     write_json_atomically(manifest, out / MANIFEST)
     shutil.rmtree(out / WORK)
@@ -156,7 +160,8 @@ def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[st
     """Draw, pack and write one stage (skipping shards a previous run of the same config wrote); its report."""
     by_name = dict(zip(names, sources))
     try:
-        order = draw_stage(by_name, {n: data.sources[n].weight for n in names},
+        mixture = plan.mixture(data.sources)
+        order = draw_stage(by_name, {n: mixture[n] for n in names},
                            {n: dict(data.sources[n].upsample) for n in names},
                            int(plan.tokens * DRAW_MARGIN[data.packing]) + plan.length, plan.length,
                            data.seed, plan.index)
@@ -174,11 +179,11 @@ def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[st
         if not path.exists():
             write_shard(materialize(chunk, sources, plan.length, pad), path)
         shards.append({"file": path.relative_to(out).as_posix(), "rows": len(chunk), "sha256": file_sha256(path)})
-    return _stage_report(plan, rows, order, sources, names, shards)
+    return _stage_report(plan, rows, order, sources, names, shards, mixture)
 
 
 def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], sources: list[TokenizedSource],
-                  names: list[str], shards: list[dict]) -> dict:
+                  names: list[str], shards: list[dict], mixture: dict[str, float]) -> dict:
     real, target, docs = np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64)
     cum_targets = [np.concatenate([[0], np.cumsum(s.targets, dtype=np.int64)]) for s in sources]
     starts = [set(s.offsets[:-1].tolist()) for s in sources]
@@ -196,7 +201,8 @@ def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], 
         "rows_per_step": plan.rows_per_step, "rows": plan.rows, "tokens": plan.tokens,
         "real_tokens": int(real.sum()), "target_tokens": int(target.sum()),
         "efficiency": round(float(real.sum()) / plan.tokens, 6),
-        "sources": {n: {"documents_started": int(docs[i]), "tokens": int(real[i]), "target_tokens": int(target[i]),
+        "sources": {n: {"planned_share": round(mixture[n] / sum(mixture[m] for m in names), 6),
+                        "documents_started": int(docs[i]), "tokens": int(real[i]), "target_tokens": int(target[i]),
                         "too_long_skipped": int((sources[i].lengths > plan.length).sum()) if sources[i].atomic else 0,
                         "drawn_length_histogram": length_histogram(np.array(drawn[n], dtype=np.int64))}
                     for i, n in enumerate(names)},
@@ -206,8 +212,7 @@ def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], 
 
 def _manifest(identity: dict, config: dict, data: DataConfig, tokens_per_step: int, tokenizer,
               raws: dict[str, RawSource], sources: list[TokenizedSource], stages: list[dict]) -> dict:
-    names = [s.name for s in sources]
-    total_weight = sum(data.sources[n].weight for n in names)
+    all_tokens = sum(st["tokens"] for st in stages)
     all_real = sum(st["real_tokens"] for st in stages)
     source_reports = {}
     for src in sources:
@@ -217,7 +222,8 @@ def _manifest(identity: dict, config: dict, data: DataConfig, tokens_per_step: i
             "type": data.sources[n].type, "kind": raws[n].kind, "info": raws[n].info,
             "documents": len(src.lengths), "unique_tokens": src.num_tokens,
             "weight": data.sources[n].weight,
-            "sampling_proportion": round(data.sources[n].weight / total_weight, 6),
+            # Over the whole dataset: the stages' planned shares weighted by their tokens.
+            "sampling_proportion": round(sum(st["sources"][n]["planned_share"] * st["tokens"] for st in stages) / all_tokens, 6),
             "actual_share": round(in_rows / all_real, 6),
             "repeat_factor": round(in_rows / src.num_tokens, 6),
             "too_long_for_stage": "/".join(str(st["sources"][n]["too_long_skipped"]) for st in stages),

@@ -12,6 +12,10 @@ protocol. Each item is a prompt that ends where the answer begins, and the answe
 - numeric_qa: in the spirit of Giraffe's AlteredNumericQA: a long record of facts about invented places,
   every number drawn at random (so no model can know it from pretraining), then a question whose answer
   is one of those numbers. Unlike passkey, every sentence is a distractor of the same form.
+- copy: a list of random made-up words and numbers, then the same list again as the answer. Predicting the repeat
+  needs nothing but looking back (what induction heads do, the mechanism in-context retrieval rests on),
+  so it teaches a small model from scratch to retrieve; short lists first is what makes it learnable
+  (recipes/tiny_base.yaml).
 """
 
 from __future__ import annotations
@@ -174,7 +178,30 @@ def numeric_qa(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
     return TaskItem("numeric_qa", prompt, answer, n, length, pick, seed)
 
 
-TASKS = ("passkey", "lines", "kv", "numeric_qa")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+COPY_INTRO = "Repeat the words:"
+COPY_QUESTION = "\nAgain:"
+
+
+def copy(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
+    """One copy item: as many random words (2-6 letters or digits) as fit twice in `length` tokens, then the list
+    again."""
+    rng = random.Random(seed)
+    # A third of the words are numbers, so copying digits is learned too (a passkey is digits). Every word
+    # is at least one token, so `length` words are always enough.
+    alphabets = (_LETTERS, _LETTERS, "0123456789")
+    pool = ["".join(rng.choice(chars) for _ in range(rng.randint(2, 6))) for chars in rng.choices(alphabets, k=length)]
+
+    def build(n_words: int) -> tuple[str, str]:
+        words = " " + " ".join(pool[: max(n_words, 1)])
+        # Both copies are " word word ...": the same pre-tokens, so the answer repeats the prompt's tokens.
+        return f"{COPY_INTRO}{words}{COPY_QUESTION}", words
+
+    prompt, answer, n = _fit(tokenizer, length, build)
+    return TaskItem("copy", prompt, answer, n, length, None, seed)
+
+
+TASKS = ("passkey", "lines", "kv", "numeric_qa", "copy")
 
 
 def cell_seed(seed: int, task: str, length: int, depth: float | None, index: int) -> int:
@@ -198,7 +225,7 @@ def generate(
                 for i in range(num_items):
                     items.append(passkey(tokenizer, length, depth, cell_seed(seed, task, length, depth, i)))
         else:
-            fn = {"lines": lines, "kv": kv, "numeric_qa": numeric_qa}[task]
+            fn = {"lines": lines, "kv": kv, "numeric_qa": numeric_qa, "copy": copy}[task]
             for i in range(num_items):
                 items.append(fn(tokenizer, length, cell_seed(seed, task, length, None, i)))
     return items
