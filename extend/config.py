@@ -187,7 +187,7 @@ class SourceConfig:
     # {0: 1, 4096: 4} makes documents of >= 4096 tokens 4x as likely per document as shorter ones.
     # It reshapes lengths within the source; the source's share of tokens stays its weight.
     upsample: dict[int, float] = field(default_factory=dict)
-    # synthetic: which task (passkey, lines, kv), the target lengths in tokens, items per length
+    # synthetic: which task (passkey, lines, kv, numeric_qa, copy), the target lengths in tokens, items per length
     # (per length x depth for passkey), and the needle depths for passkey (None = 0, .25, .5, .75, 1).
     task: str | None = None
     lengths: list[int] = field(default_factory=list)
