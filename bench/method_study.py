@@ -10,6 +10,8 @@ this project does not run: pass it with `-- rope.short_factor=[...] rope.long_fa
 - no training: the tiny base with the method applied at load time, evaluated once (the items are fixed);
 - fine-tuned: recipe=tiny with that method, once per seed, where the seed draws both the training seed and
   the data seed (a separate dataset per seed, shared by all methods), so seeds differ in what is trained on.
+  The fine-tune is half the recipe's (STUDY_CURRICULUM: 20 steps at 512 and 80 at 1024, same schedule), so
+  27 runs fit well under an hour on 2 CPU cores.
 
 Every run is evaluated by extend.eval (eval=tiny: held-out perplexity and passkey at 128-1024 tokens, the
 same items for all). Writes DIR/results.json, DIR/table.md (mean and spread over seeds) and
@@ -41,6 +43,8 @@ TASKS = ("perplexity", "passkey")
 DEFAULT_METHODS = [m for m in METHODS if m != "longrope"]
 # Parameters a method needs besides the factor, for the tiny base's 128 trained tokens.
 METHOD_OVERRIDES = {"truncated": ["rope.truncation_length=16"]}  # the original length / 8, as conf/rope suggests
+# The study's fine-tune: recipe=tiny's curriculum (conf/curriculum/tiny.yaml) at half the steps.
+STUDY_CURRICULUM = "curriculum.stages=[{length: 512, steps: 20}, {length: 1024, steps: 80}]"
 
 
 def rope_overrides(method: str, factor: float) -> list[str]:
@@ -82,7 +86,7 @@ def fine_tuned(method: str, factor: float, seed: int, root: Path, extra: list[st
     cfg = composed("recipe=tiny", *rope_overrides(method, factor), f"seed={seed}", f"data.seed={seed}",
                    f"data.output_dir={root / f'data-seed{seed}'}", f"output_dir={run}", f"run_name={method}-seed{seed}",
                    "eval.comparisons=[]", f"eval.name='{method} x{factor:g} fine-tuned (seed {seed})'",
-                   "train.checkpoint_every=0", "train.tracker=none", *extra)
+                   "train.checkpoint_every=0", "train.tracker=none", STUDY_CURRICULUM, *extra)
     final = train(cfg)
     return by_length(json.loads((final / "eval" / "eval.json").read_text()))
 
@@ -107,7 +111,8 @@ def table(results: dict, lengths: list[int]) -> str:
                 mean, spread = summarise([run[task][n] for run in r["fine_tuned"].values()])
                 cells[task].append("-" if mean is None else (f"{mean:.1f} ± {spread:.1f}" if task == "perplexity"
                                                              else f"{mean:.0%} ± {spread:.0%}"))
-        lines.append(f"| {method} | fine-tuned ({len(r['fine_tuned'])} seeds) | " + " / ".join(cells["perplexity"])
+        seeds = len(r["fine_tuned"])
+        lines.append(f"| {method} | fine-tuned ({seeds} seed{'s' if seeds > 1 else ''}) | " + " / ".join(cells["perplexity"])
                      + " | " + " / ".join(cells["passkey"]) + " |")
     return "\n".join(lines)
 

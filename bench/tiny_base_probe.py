@@ -3,7 +3,8 @@
     python -m bench.tiny_base_probe --steps 3000 --lr 2e-3 --eval-every 500 --mix text:0.3,passkey:0.2,copy:0.5
 
 Not part of the pipeline: a self-contained loop (no data_prep, no checkpoints) to try pretraining mixes
-for recipes/tiny_base.yaml quickly. It trains the tiny-base Llama shape (extend/models/presets.py) at 128
+for recipes/tiny_base.yaml quickly. What it found (a copy task with short lists first) is now the tiny
+base's recipe, through data_prep's `copy` task and per-stage mixture weights. It trains the tiny-base Llama shape (extend/models/presets.py) at 128
 tokens on a weighted mix of rows, each drawn fresh per step:
 
 - text: a random 128-token window of standard-library training files (loss on every token);

@@ -273,6 +273,12 @@ class PerplexityDataConfig:
     stride: int | None = None
     # Windows scored per length and condition (eval.limit caps this too).
     max_windows: int = 4
+    # Score the same tokens at every length: each document is cut to its first N tokens (shorter ones are
+    # left out) and covered completely at every length (a last, right-aligned window scores the tail), so
+    # the lengths differ only in how much context each token gets. Needs N >= every eval length and enough
+    # max_windows for all windows. None = windows from each document's start, up to max_windows (different
+    # lengths then score different tokens).
+    tokens_per_document: int | None = None
 
 
 @dataclass

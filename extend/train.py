@@ -36,6 +36,7 @@ import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, load_trainable_state, trainable_state
 from extend.cli import run_cli
 from extend.config import ConfigError, ExtendConfig, RopeConfig
+from extend.data.curriculum import check_stage_weights
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
 from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
@@ -122,6 +123,7 @@ def check_training(cfg: ExtendConfig, world_size: int, addressable: int) -> list
         problems.append(f"train.resume={t.resume!r}: choose auto (continue the newest checkpoint) or never")
     if t.micro_batch_size < 1 or t.learning_rate <= 0 or t.keep_checkpoints < 1:
         problems.append("train.micro_batch_size and train.keep_checkpoints must be >= 1, train.learning_rate > 0")
+    problems += check_stage_weights(cfg.curriculum, cfg.data.sources)
     stage_bases = [s.rope_theta for s in cfg.curriculum.stages]
     if any(b is not None for b in stage_bases):
         if cfg.rope.type not in ("abf", "entropy_abf"):

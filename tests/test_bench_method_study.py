@@ -15,7 +15,7 @@ def test_method_study_runs_at_minimal_size(tmp_path, capsys):
     small = ["model=hf", f"model.name_or_path={base}", "eval.tokenizer=tiny", "data=stdlib", "data.sources.stdlib.max_documents=24",
              "curriculum.tokens_per_step=512", "curriculum.stages=[{length: 64, steps: 2}, {length: 128, steps: 2}]",
              "eval.lengths=[128]", "eval.items_per_cell=1", "eval.depths=[0.5]", "eval.perplexity.max_windows=1",
-             "eval.perplexity.max_documents=2", "rope.factor=2"]
+             "eval.perplexity.max_documents=2", "eval.perplexity.tokens_per_document=null", "rope.factor=2"]
     results = bench.main(["--methods", "linear", "yarn", "--seeds", "0", "1", "--out", str(tmp_path / "study"), "--", *small])
     assert set(results) == {"linear", "yarn"}
     for r in results.values():

@@ -85,6 +85,35 @@ def test_windows_score_every_token_once():
     assert make_windows([list(range(10))], 40, 40, 10) == []
 
 
+def _scored(windows, doc):
+    """Document indices of the targets each window scores (the windows are cut from `doc` = range(n))."""
+    return [t for w in windows for t in w.input_ids[w.first_target:]]
+
+
+@pytest.mark.parametrize("length, stride", [(40, 40), (40, 15), (7, 7), (100, 100), (33, 32)])
+def test_same_token_windows_score_every_token_once_at_any_length(length, stride):
+    docs = [list(range(100)), list(range(1000, 1230))]
+    windows = make_windows(docs, length, stride, None, cover_end=True)
+    assert all(len(w.input_ids) == length for w in windows)
+    assert sorted(_scored(windows, None)) == list(range(1, 100)) + list(range(1001, 1230))
+
+
+def test_perplexity_lengths_score_the_same_tokens(tokenizer, tmp_path):
+    """eval.perplexity.tokens_per_document: every length scores the same number of tokens; too few windows or
+    a length above it is an error naming the key."""
+    (tmp_path / "a.txt").write_text(" ".join(f"word{i % 37}" for i in range(3000)))
+    base = ["eval.perplexity.source=files", f"eval.perplexity.paths=[{tmp_path / 'a.txt'}]", "eval.lengths=[32,64,96]"]
+    cfg = compose_cfg(*base, "eval.perplexity.tokens_per_document=384", "eval.perplexity.max_windows=20")
+    windows = TASKS["perplexity"].prepare(tokenizer, cfg.eval)
+    assert {length: sum(len(w.input_ids) - w.first_target for w in ws) for length, ws in windows.items()} == {
+        32: 383, 64: 383, 96: 383}
+    with pytest.raises(ConfigError, match="max_windows=4 to score the same tokens"):
+        TASKS["perplexity"].prepare(tokenizer, compose_cfg(*base, "eval.perplexity.tokens_per_document=384").eval)
+    with pytest.raises(ConfigError, match="tokens_per_document=64 is below eval length 96"):
+        TASKS["perplexity"].prepare(tokenizer, compose_cfg(*base, "eval.perplexity.tokens_per_document=64",
+                                                           "eval.perplexity.max_windows=99").eval)
+
+
 def test_perplexity_equals_a_direct_computation(tokenizer):
     model = build_random(tiny_config(len(tokenizer), 64), seed=1)
     ids = torch.randint(0, len(tokenizer), (2, 48), generator=torch.Generator().manual_seed(0))

@@ -4,6 +4,8 @@ For a window length L and stride S (default S = L), windows start at 0, S, 2S, .
 long enough for one; the first window of a document scores its L-1 predictions, every later one only
 the last min(S, L-1) tokens, those the previous window did not reach, so no token is scored twice and
 each gets as much context as the window gives (with S = L, a window's first token goes unscored).
+With eval.perplexity.tokens_per_document every length scores exactly the same tokens instead: the first N
+tokens of each document, all of them (see make_windows' cover_end).
 Perplexity at L = exp(total negative log-likelihood / scored tokens). Logits are computed in chunks from
 the decoder's hidden states, so a 16k window never materialises 16k x vocab logits.
 """
@@ -34,13 +36,26 @@ class Window:
     first_target: int
 
 
-def make_windows(documents: list[list[int]], length: int, stride: int, max_windows: int) -> list[Window]:
+def make_windows(documents: list[list[int]], length: int, stride: int, max_windows: int | None,
+                 cover_end: bool = False) -> list[Window]:
+    """Windows of `length` at `stride` from each document's start. With `cover_end`, windows overlap by at
+    least one token (so no window's first token goes unscored) and a document's tail that no window reached
+    gets one more window, right-aligned with the document's end, scoring only that tail: then every token
+    but each document's first is scored exactly once, at any length."""
+    if cover_end:
+        stride = min(stride, length - 1)
     windows: list[Window] = []
     for doc in documents:
+        last = 0  # the last token index scored so far in this document
         for start in range(0, len(doc) - length + 1, stride):
             # A window's first token has no prediction inside the window, whatever the stride.
             first_target = 1 if start == 0 else max(1, length - stride)
             windows.append(Window(doc[start:start + length], first_target))
+            last = start + length - 1
+            if len(windows) == max_windows:
+                return windows
+        if cover_end and last and last < len(doc) - 1:
+            windows.append(Window(doc[len(doc) - length:], length - (len(doc) - 1 - last)))
             if len(windows) == max_windows:
                 return windows
     return windows
@@ -70,13 +85,29 @@ class PerplexityTask:
         pcfg = cfg.perplexity
         docs = [tokenizer.encode(text, add_special_tokens=False) for text in load_documents(pcfg)]
         max_windows = min(pcfg.max_windows, cfg.limit) if cfg.limit is not None else pcfg.max_windows
+        same_tokens = pcfg.tokens_per_document
+        if same_tokens is not None:
+            docs = [d[:same_tokens] for d in docs if len(d) >= same_tokens]
+            if not docs:
+                raise ConfigError([f"eval.perplexity.tokens_per_document={same_tokens}: no document from "
+                                   f"eval.perplexity.source={pcfg.source} is that long; lower it"])
         problems, windows = [], {}
         for length in cfg.lengths:
             stride = pcfg.stride or length
             if not 0 < stride <= length:
                 problems.append(f"eval.perplexity.stride={pcfg.stride} must be in [1, {length}] for length {length}")
                 continue
-            windows[length] = make_windows(docs, length, stride, max_windows)
+            if same_tokens is not None and length > same_tokens:
+                problems.append(f"eval.perplexity.tokens_per_document={same_tokens} is below eval length {length}; "
+                                "raise it to at least the longest length")
+                continue
+            windows[length] = make_windows(docs, length, stride, max_windows, cover_end=same_tokens is not None)
+            if same_tokens is not None and cfg.limit is None and len(windows[length]) == max_windows \
+                    and len(make_windows(docs, length, stride, None, cover_end=True)) > max_windows:
+                problems.append(f"perplexity at length {length} needs more windows than eval.perplexity.max_windows="
+                                f"{pcfg.max_windows} to score the same tokens as the other lengths; raise it or lower "
+                                "eval.perplexity.tokens_per_document / max_documents")
+                continue
             if not windows[length]:
                 longest = max((len(d) for d in docs), default=0)
                 problems.append(
