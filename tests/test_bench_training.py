@@ -21,3 +21,25 @@ def test_memory_scaling_runs_at_minimal_size(capsys):
     assert row["ours"]["length"] == 128 and row["baseline"]["length"] == 128
     assert row["ours"]["peak_step_memory_gb"] >= 0 and row["baseline"]["peak_step_memory_gb"] >= 0
     assert "| 128 |" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_runs_at_minimal_size_on_cpu(tmp_path, capsys):
+    """bench/gpu.sh's Python side on CPU with the smoke shape: both systems at one length, MFU from the
+    stated formula, and the RoPE check (float32 angles under bf16 autocast: error at bf16 rounding, where
+    bf16 angles would be off by radians)."""
+    bench = importlib.import_module("bench.gpu_benchmark")
+    shape = bench.SHAPES["smoke"]
+    # The formula's N by hand: per layer q, o (64x64), k, v (64x32), three 64x128 MLP matrices; lm_head 64x4096.
+    assert bench.linear_parameters(shape) == 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 64 * 4096
+    assert bench.flops_per_token(shape, 128) == 4 * bench.linear_parameters(shape) + 12 * 2 * 64 * 128
+    result = bench.main(["--shape", "smoke", "--device", "cpu", "--dtype", "float32", "--lengths", "64",
+                         "--steps", "2", "--out", str(tmp_path / "gpu.json")])
+    assert [(r["system"], r["length"]) for r in result["runs"]] == [("ours", 64), ("baseline", 64)]
+    for run in result["runs"]:
+        assert run["tokens_per_s"] > 0
+        assert run["mfu"] == run["tokens_per_s"] * bench.flops_per_token(shape, 64) / 989e12
+    rope = result["rope_check"]
+    assert rope["float32_angles"] and rope["inv_freq_dtype"] == "torch.float32" and rope["cos_dtype"] == "torch.bfloat16"
+    assert rope["max_cos_error"] <= 1e-2 < 0.5 < rope["max_cos_error_if_angles_were_bf16"]
+    assert "ours / baseline" in capsys.readouterr().out
+    assert (tmp_path / "gpu.json").stat().st_size > 0
