@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig
 
 from extend.config import ConfigError, ExtendConfig, VisionConfig
 from extend.models.loading import DTYPES, torch_dtype
+from extend.rope import ResolvedRope
 from extend.vision.data import COLOURS, sample_length, tiny_vocab, tokenizer_vocab
 from extend.vision.export import save_vision
 from extend.vision.model import (PRESETS, build_model, extended_config, family_problems, load_config,
@@ -29,7 +30,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
-def check_vision(cfg: ExtendConfig, config) -> tuple[object, list[str]]:
+def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
     """(the bound rope method, every problem with the vision settings for this model), before any weights."""
     vis: VisionConfig = cfg.vision
     problems = family_problems(config)
@@ -51,6 +52,8 @@ def check_vision(cfg: ExtendConfig, config) -> tuple[object, list[str]]:
         problems.append("vision.train.trainable: empty; name parts of parameter names, e.g. [language_model]")
     if vis.eval.samples < 1 or vis.eval.batch_size < 1 or vis.train.batch_size < 1:
         problems.append("vision.eval.samples, vision.eval.batch_size and vision.train.batch_size must be >= 1")
+    if problems:
+        return resolved, problems  # the span check below needs a valid target length
     target = vis.target_length or round(cfg.rope.factor * original_length(config))
     for key, fillers in (("vision.train.filler_tokens", vis.train.filler_tokens),
                          ("vision.eval.filler_tokens", vis.eval.filler_tokens)):
