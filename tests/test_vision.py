@@ -252,3 +252,24 @@ def test_vision_recipes_validate_against_their_model(recipe):
     with torch.device("meta"):
         model = InternVLForConditionalGeneration(config)
     assert any(any(p in n for p in cfg.vision.train.trainable) for n, _ in model.named_parameters())
+
+
+def test_a_checkpoint_folder_with_a_tokenizer_runs_and_exports_it(tmp_path):
+    """The path a real checkpoint takes (from_pretrained, the tokenizer's ids, the tokenizer in the export),
+    on a tiny InternVL saved with all-MiniLM-L6-v2's tokenizer plus InternVL's image tokens."""
+    from transformers import AutoTokenizer, InternVLForConditionalGeneration
+    from extend.encoders.run import model_path
+    tokenizer = AutoTokenizer.from_pretrained(model_path("all-minilm-l6-v2"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>"]})
+    config = PRESETS["tiny-internvl"]()
+    config.text_config.vocab_size = len(tokenizer)
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    torch.manual_seed(0)
+    InternVLForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    data = run_vision(typed("internvl_tiny_v2pe", f"output_dir={tmp_path / 'run'}", f"vision.model={tmp_path / 'base'}",
+                            "vision.train.steps=2", "vision.eval.samples=4", "vision.eval.filler_tokens=[8]"))
+    assert data["train"]["steps"] == 2 and data["results"]["after"]["8"]["length"] > 8 + 4
+    final = tmp_path / "run" / "final"
+    assert AutoTokenizer.from_pretrained(final).convert_tokens_to_ids("<img>") == tokenizer.convert_tokens_to_ids("<img>")
+    assert json.loads((final / "extend_vision.json").read_text())["vocab"] is None  # the tokenizer says it
