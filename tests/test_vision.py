@@ -211,8 +211,10 @@ def no_weights(monkeypatch):
     (["vision.target_length=64"], r"vision.target_length=64 is below the language model's original length 128"),
     (["rope.type=spiral"], r"rope.type='spiral' is not a known position method"),
     (["rope.factor=4"], r"rope.factor=4.0 disagrees with vision.target_length=256"),
+    (["rope.type=entropy_abf"], r"rope.type=entropy_abf: its query scaling is an attention wrapper"),
     (["vision.eval.filler_tokens=[400]"], r"vision.eval.filler_tokens: 400 filler tokens make samples span"),
-], ids=["delta-zero", "delta-negative", "target-below-original", "unknown-rope", "two-knobs", "too-long"])
+], ids=["delta-zero", "delta-negative", "target-below-original", "unknown-rope", "two-knobs", "entropy-abf",
+        "too-long"])
 def test_bad_input_fails_before_weights(overrides, message, no_weights, tmp_path):
     with pytest.raises(ConfigError, match=message) as err:
         run_vision(typed("internvl_tiny_v2pe", f"output_dir={tmp_path}", *overrides))

@@ -12,7 +12,7 @@ import copy
 from typing import Callable
 
 import torch
-from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration, PretrainedConfig
+from transformers import AutoConfig, AutoModelForImageTextToText, InternVLConfig, InternVLForConditionalGeneration, PretrainedConfig
 
 from extend.config import ConfigError, RopeConfig, VisionConfig
 from extend.rope import ResolvedRope, apply_rope, resolve_rope
@@ -41,6 +41,11 @@ def tiny_internvl() -> InternVLConfig:
 
 
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {"tiny-internvl": tiny_internvl}
+
+# Methods that need more than a config on this family, and why.
+UNSUPPORTED_METHODS = {"entropy_abf": "its query scaling is an attention wrapper (extend.rope.entropy) that would "
+                                      "also wrap the vision tower's attention; not supported for vision models "
+                                      "yet: use abf, yarn, linear, ..."}
 
 
 def load_config(name: str) -> PretrainedConfig:
@@ -71,6 +76,8 @@ def resolve_text_rope(rope: RopeConfig, vision: VisionConfig, config: Pretrained
     elif rope.factor not in (1.0, target / old):
         return None, [f"rope.factor={rope.factor} disagrees with vision.target_length={target} (original {old}): "
                       "set only vision.target_length; the factor is derived from it"]
+    if rope.type in UNSUPPORTED_METHODS:
+        return None, [f"rope.type={rope.type}: {UNSUPPORTED_METHODS[rope.type]}"]
     if target > old and rope.type == "none":
         return None, [f"vision.target_length={target} is above the original {old} but rope.type is none: pick a "
                       "method (rope.type=yarn, linear, ...) or set vision.target_length=null"]
@@ -95,6 +102,5 @@ def build_model(name: str, config: PretrainedConfig, dtype: torch.dtype, attn_im
     family = FAMILIES[config.model_type]
     if name in PRESETS:
         torch.manual_seed(seed)
-        config._attn_implementation = attn_implementation
-        return family(config).to(dtype)
+        return AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     return family.from_pretrained(name, config=config, dtype=dtype, attn_implementation=attn_implementation)

@@ -60,7 +60,8 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
         if not fillers or min(fillers) < 0:
             problems.append(f"{key}: {fillers} must be a non-empty list of counts >= 0")
             continue
-        # Text tokens advance 1 each, image tokens delta: the longest sample's last position must fit.
+        # Text tokens advance 1 each, image tokens delta: the longest sample's last position must fit
+        # (counted with the tiny layout's one-token question; a tokenizer's question adds a few positions).
         longest = sample_length(tiny_vocab(2), max(fillers), config.image_seq_length)
         span = longest - config.image_seq_length * (1 - min(vis.v2pe_delta, 1))
         if span > target:
