@@ -70,6 +70,9 @@ def test_v2pe_positions_by_hand():
     # text advances 1, each image token 1/4, the text after the image continues from the last image position
     assert v2pe_position_ids(ids, IMG, 0.25).tolist() == [[0, 1, 1.25, 1.5, 1.75, 2.75, 3.75]]
     assert v2pe_position_ids(torch.tensor([[IMG, IMG, t]]), IMG, 0.5).tolist() == [[0, 0.5, 1.5]]
+    # two images: each image token advances delta, the text between and after them 1
+    assert v2pe_position_ids(torch.tensor([[t, IMG, IMG, t, IMG, IMG, t]]), IMG, 0.125).tolist() == [
+        [0, 0.125, 0.25, 1.25, 1.375, 1.5, 2.5]]
 
 
 def test_v2pe_positions_with_padding_are_per_row():
@@ -87,6 +90,21 @@ def test_v2pe_delta_one_is_the_default_numbering():
     assert torch.equal(v2pe_position_ids(ids, IMG, 1.0), torch.arange(ids.shape[1], dtype=torch.float32).expand_as(ids))
     with pytest.raises(ValueError, match="must be > 0"):
         v2pe_position_ids(ids, IMG, 0.0)
+
+
+def test_a_left_padded_row_gives_the_logits_it_gives_alone():
+    """Padding through the model: the mask keeps a short row's logits as they are (RoPE is relative, so this
+    checks the mask path; the per-row offsets are checked by hand above)."""
+    model = tiny_model()
+    short, long = tiny_batch(filler=4, size=1, seed=1), tiny_batch(filler=9, size=1, seed=2)
+    pad = long.input_ids.shape[1] - short.input_ids.shape[1]
+    ids = torch.cat([torch.cat([torch.full((1, pad), TINY_VOCAB["pad"]), short.input_ids], 1), long.input_ids])
+    mask = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones_like(short.input_ids)], 1),
+                      torch.ones_like(long.input_ids)])
+    with torch.no_grad():
+        alone = forward_logits(model, short.input_ids, short.pixel_values, 1 / 16)
+        batched = forward_logits(model, ids, torch.cat([short.pixel_values, long.pixel_values]), 1 / 16, mask)
+    torch.testing.assert_close(batched[:1, pad:], alone, atol=1e-5, rtol=1e-5)
 
 
 # --- the model reads them ---------------------------------------------------------------------------------
@@ -225,6 +243,11 @@ def test_unsupported_family_is_named(no_weights, tmp_path):
     LlamaConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match=r"model type 'llama' is not a supported vision-language model; supported: \['internvl'\]"):
         run_vision(typed("internvl_tiny_v2pe", f"output_dir={tmp_path}", f"vision.model={tmp_path}"))
+
+
+def test_a_model_that_is_not_there_is_named(no_weights, tmp_path):
+    with pytest.raises(ConfigError, match=r"vision.model: .*no_such_folder.* is not tiny-internvl, a folder with a config.json"):
+        run_vision(typed("internvl_tiny_v2pe", f"output_dir={tmp_path}", f"vision.model={tmp_path}/no_such_folder"))
 
 
 def test_cli_reports_a_bad_increment_in_one_line(tmp_path):

@@ -50,7 +50,13 @@ UNSUPPORTED_METHODS = {"entropy_abf": "its query scaling is an attention wrapper
 
 def load_config(name: str) -> PretrainedConfig:
     """The config of a preset, a folder or a Hub id in the local cache (no weights are read)."""
-    return PRESETS[name]() if name in PRESETS else AutoConfig.from_pretrained(name)
+    if name in PRESETS:
+        return PRESETS[name]()
+    try:
+        return AutoConfig.from_pretrained(name)
+    except OSError as err:
+        raise ConfigError([f"vision.model: {name!r} is not {', '.join(PRESETS)}, a folder with a config.json, or a "
+                           f"Hub id in the local cache ({type(err).__name__}: {str(err).splitlines()[0]})"]) from err
 
 
 def family_problems(config: PretrainedConfig) -> list[str]:
