@@ -445,14 +445,17 @@ class EncoderConfig:
 
 @dataclass
 class VisionTaskConfig:
-    """The synthetic image-text task (extend/vision/data.py): each sample is some filler text, one image
-    whose pixels are noise around one of `colours` colours, a question, and the colour's name as the answer
-    (the only token the loss reads). Answering needs the text after the image to attend across it."""
+    """The synthetic image-text task (extend/vision/data.py): each sample is some filler text, `images`
+    images whose pixels are noise around one of `colours` colours, a question, and the first image's colour
+    as the answer (the only token the loss reads). Answering needs the text after the images to attend
+    back across them."""
 
     # How many colours (answer classes), at most 8.
     colours: int = 4
     # Std of the per-pixel noise around the colour (in normalised pixel units, colours sit at +-1.5).
     noise: float = 0.5
+    # Images per sample; the answer is the first one's colour, the rest are distractors of random colours.
+    images: int = 1
 
 
 @dataclass

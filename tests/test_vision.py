@@ -107,6 +107,21 @@ def test_a_left_padded_row_gives_the_logits_it_gives_alone():
     torch.testing.assert_close(batched[:1, pad:], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_multi_image_samples_put_the_answer_image_first_in_placeholder_order():
+    import random
+    from extend.vision.data import COLOURS
+    batch = make_batch(tiny_vocab(4), 3, 5, 4, 28, 0.1, torch.Generator().manual_seed(0), random.Random(0), images=3)
+    assert batch.pixel_values.shape == (9, 3, 28, 28)  # sample-major, as InternVL scatters image features
+    assert (batch.input_ids == IMG).sum(1).tolist() == [12, 12, 12]
+    palette = torch.tensor(list(COLOURS.values()))
+    for s, answer in enumerate(batch.answers.tolist()):
+        torch.testing.assert_close(batch.pixel_values[3 * s].mean((1, 2)), palette[answer], atol=0.05, rtol=0)
+    model = tiny_model()
+    with torch.no_grad():
+        logits = forward_logits(model, batch.input_ids, batch.pixel_values, 1 / 16)
+    assert logits.shape[:2] == batch.input_ids.shape and torch.isfinite(logits).all()
+
+
 # --- the model reads them ---------------------------------------------------------------------------------
 
 def test_delta_one_gives_the_model_default_logits_and_a_smaller_delta_does_not():

@@ -1,8 +1,8 @@
-"""Synthetic image-text samples: "what colour is this image?" after some filler text.
+"""Synthetic image-text samples: "what colour is the (first) image?" after some filler text.
 
-Each sample is `[bos] filler... <img> IMAGE x N </img> question answer`: the image is Gaussian noise around
-one of up to eight colours (corners of the normalised RGB cube), the answer is that colour's token and is
-the only label the loss reads. The answer can only come from the image, so the text after the image must
+Each sample is `[bos] filler... (<img> IMAGE x N </img>) x images question answer`: each image is Gaussian
+noise around one of up to eight colours (corners of the normalised RGB cube), the answer is the first
+image's colour token and is the only label the loss reads; later images are distractors. The answer can only come from the image, so the text after the image must
 attend across it, and more filler makes the input longer without changing the task. Seeded: the same seed
 gives the same samples.
 
@@ -69,26 +69,29 @@ def tokenizer_vocab(tokenizer, image_token_id: int, colours: int) -> Vocab:
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (batch, seq)
-    pixel_values: torch.Tensor  # (batch, 3, size, size): one image per sample
+    pixel_values: torch.Tensor  # (batch x images, 3, size, size), sample-major
     labels: torch.Tensor  # -100 everywhere but the answer token
     answers: torch.Tensor  # (batch,) colour index
 
 
-def sample_length(vocab: Vocab, filler: int, image_tokens: int) -> int:
-    return len(vocab.bos) + filler + image_tokens + 2 + len(vocab.question) + 1
+def sample_length(vocab: Vocab, filler: int, image_tokens: int, images: int = 1) -> int:
+    return len(vocab.bos) + filler + images * (image_tokens + 2) + len(vocab.question) + 1
 
 
 def make_batch(vocab: Vocab, size: int, filler: int, image_tokens: int, image_size: int, noise: float,
-               generator: torch.Generator, rng: random.Random) -> Batch:
-    """`size` samples with `filler` filler tokens each (all the same length: no padding)."""
+               generator: torch.Generator, rng: random.Random, images: int = 1) -> Batch:
+    """`size` samples with `filler` filler tokens and `images` images each (all the same length: no padding).
+    The answer is the colour of the first image; the others have random colours (distractors)."""
     palette = torch.tensor(list(COLOURS.values())[:len(vocab.colours)])
-    answers = torch.randint(len(vocab.colours), (size,), generator=generator)
-    pixels = palette[answers][:, :, None, None] + noise * torch.randn(size, 3, image_size, image_size, generator=generator)
+    colours = torch.randint(len(vocab.colours), (size, images), generator=generator)
+    answers = colours[:, 0]
+    noise_px = noise * torch.randn(size * images, 3, image_size, image_size, generator=generator)
+    pixels = palette[colours.reshape(-1)][:, :, None, None] + noise_px  # sample-major, as the placeholders
+    image = [vocab.img_start] + [vocab.image] * image_tokens + [vocab.img_end]
     rows = []
     for k in answers.tolist():
         text = [rng.choice(vocab.filler) for _ in range(filler)]
-        rows.append(vocab.bos + text + [vocab.img_start] + [vocab.image] * image_tokens + [vocab.img_end]
-                    + vocab.question + [vocab.colours[k]])
+        rows.append(vocab.bos + text + image * images + vocab.question + [vocab.colours[k]])
     input_ids = torch.tensor(rows)
     labels = torch.full_like(input_ids, -100)
     labels[:, -1] = input_ids[:, -1]

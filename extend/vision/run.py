@@ -40,6 +40,8 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
     if not vis.v2pe_delta > 0:
         problems.append(f"vision.v2pe_delta={vis.v2pe_delta} must be > 0 (1 = the model's own positions; the "
                         "paper uses 1/256 ... 1, e.g. 0.0625)")
+    if vis.task.images < 1:
+        problems.append(f"vision.task.images={vis.task.images} must be >= 1")
     if not 2 <= vis.task.colours <= len(COLOURS):
         problems.append(f"vision.task.colours={vis.task.colours} must lie in [2, {len(COLOURS)}]")
     if vis.device not in DEVICES or (vis.device == "cuda" and not torch.cuda.is_available()):
@@ -62,8 +64,9 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
             continue
         # Text tokens advance 1 each, image tokens delta: the longest sample's last position must fit
         # (counted with the tiny layout's one-token question; a tokenizer's question adds a few positions).
-        longest = sample_length(tiny_vocab(2), max(fillers), config.image_seq_length)
-        span = longest - config.image_seq_length * (1 - min(vis.v2pe_delta, 1))
+        image_tokens = vis.task.images * config.image_seq_length
+        longest = sample_length(tiny_vocab(2), max(fillers), config.image_seq_length, vis.task.images)
+        span = longest - image_tokens * (1 - min(vis.v2pe_delta, 1))
         if span > target:
             problems.append(f"{key}: {max(fillers)} filler tokens make samples span ~{span:.0f} positions, more "
                             f"than the language model's {target}")
@@ -91,14 +94,14 @@ def run_vision(cfg: ExtendConfig) -> dict:
     model = build_model(vis.model, config, torch_dtype(vis.dtype), vis.attn_implementation, seed=cfg.seed)
     model = model.to(resolve_device(vis.device)).eval()
     scoring = dict(filler_tokens=vis.eval.filler_tokens, samples=vis.eval.samples, batch_size=vis.eval.batch_size,
-                   delta=vis.v2pe_delta, noise=vis.task.noise, seed=vis.eval.seed)
+                   delta=vis.v2pe_delta, noise=vis.task.noise, seed=vis.eval.seed, images=vis.task.images)
     results = {"before": evaluate(model, vocab, **scoring)}
     t = vis.train
     log = []
     if t.steps:
         log = fine_tune(model, vocab, steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
                         filler_tokens=t.filler_tokens, trainable=t.trainable, delta=vis.v2pe_delta,
-                        noise=vis.task.noise, seed=t.seed, log_every=t.log_every)
+                        noise=vis.task.noise, seed=t.seed, images=vis.task.images, log_every=t.log_every)
         results["after"] = evaluate(model, vocab, **scoring)
     train = {"steps": t.steps, "seed": t.seed, "trainable": t.trainable if t.steps else [],
              "first_loss": log[0]["loss"] if log else None, "last_loss": log[-1]["loss"] if log else None,
@@ -113,6 +116,7 @@ def run_vision(cfg: ExtendConfig) -> dict:
         "original_length": original,
         "extended_length": config.text_config.max_position_embeddings,
         "rope": rope, "v2pe_delta": vis.v2pe_delta, "image_tokens": config.image_seq_length,
+        "images_per_sample": vis.task.images,
         "metric": "answer accuracy (argmax over the colour tokens) and loss, per filler length",
         "results": results,
         "eval": {"filler_tokens": vis.eval.filler_tokens, "samples": vis.eval.samples, "seed": vis.eval.seed},

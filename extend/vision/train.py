@@ -52,7 +52,7 @@ def select_trainable(model: PreTrainedModel, patterns: list[str]) -> list[str]:
 
 def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: int, learning_rate: float,
               filler_tokens: list[int], trainable: list[str], delta: float, noise: float, seed: int,
-              log_every: int = 10) -> list[dict]:
+              images: int = 1, log_every: int = 10) -> list[dict]:
     """Train `model` in place on the colour task; one log record per step (step, filler, loss, seconds)."""
     torch.manual_seed(seed)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
@@ -66,7 +66,7 @@ def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: i
     log = []
     for step in range(1, steps + 1):
         filler = filler_tokens[(step - 1) % len(filler_tokens)]
-        batch = make_batch(vocab, batch_size, filler, image_tokens, image_size, noise, generator, rng)
+        batch = make_batch(vocab, batch_size, filler, image_tokens, image_size, noise, generator, rng, images)
         start = time.perf_counter()
         loss = answer_loss(forward_logits(model, batch.input_ids, batch.pixel_values, delta), batch)
         optimizer.zero_grad(set_to_none=True)
@@ -85,7 +85,7 @@ def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: i
 
 @torch.no_grad()
 def evaluate(model: PreTrainedModel, vocab: Vocab, *, filler_tokens: list[int], samples: int, batch_size: int,
-             delta: float, noise: float, seed: int) -> dict[str, dict]:
+             delta: float, noise: float, seed: int, images: int = 1) -> dict[str, dict]:
     """Per filler length: mean answer loss and accuracy (argmax over the colour tokens) on seeded samples."""
     model.eval()
     image_tokens, image_size = model.config.image_seq_length, model.config.vision_config.image_size[0]
@@ -96,7 +96,7 @@ def evaluate(model: PreTrainedModel, vocab: Vocab, *, filler_tokens: list[int], 
         losses, correct = [], 0
         for first in range(0, samples, batch_size):
             batch = make_batch(vocab, min(batch_size, samples - first), filler, image_tokens, image_size, noise,
-                               generator, rng)
+                               generator, rng, images)
             logits = forward_logits(model, batch.input_ids, batch.pixel_values, delta).float().cpu()
             losses.append(answer_loss(logits, batch).item() * len(batch.answers))
             correct += (logits[:, -2, colour_ids].argmax(-1) == batch.answers).sum().item()
