@@ -470,6 +470,9 @@ class VisionTrainConfig:
     filler_tokens: list[int] = field(default_factory=lambda: [8, 32])
     # Parameters whose name contains one of these train; the rest stay frozen.
     trainable: list[str] = field(default_factory=lambda: ["multi_modal_projector", "language_model"])
+    # V2PE increments to draw from, one per training sample (the paper trains with a random increment from
+    # {1, 1/2, ..., 1/256}); empty = vision.v2pe_delta for every sample. Evaluation and export use v2pe_delta.
+    v2pe_deltas: list[float] = field(default_factory=list)
     # Seed of the training samples and of torch; keep it apart from vision.eval.seed.
     seed: int = 1
     log_every: int = 10

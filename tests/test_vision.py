@@ -85,6 +85,14 @@ def test_v2pe_positions_with_padding_are_per_row():
     assert positions.tolist() == [[1, 1, 0, 0.0625, 0.125, 1.125], [0, 0.0625, 0.125, 1.125, 1, 1]]
 
 
+def test_v2pe_delta_per_row():
+    t = 9
+    ids = torch.tensor([[t, IMG, IMG, t], [t, IMG, IMG, t]])
+    assert v2pe_position_ids(ids, IMG, torch.tensor([0.5, 0.25])).tolist() == [[0, 0.5, 1, 2], [0, 0.25, 0.5, 1.5]]
+    with pytest.raises(ValueError, match="must be > 0"):
+        v2pe_position_ids(ids, IMG, torch.tensor([0.5, 0.0]))
+
+
 def test_v2pe_delta_one_is_the_default_numbering():
     ids = tiny_batch().input_ids
     assert torch.equal(v2pe_position_ids(ids, IMG, 1.0), torch.arange(ids.shape[1], dtype=torch.float32).expand_as(ids))
@@ -167,6 +175,9 @@ def test_fine_tune_moves_trainable_parameters_only():
     for name, param in model.named_parameters():
         moved = not torch.equal(param, before[name])
         assert moved == ("multi_modal_projector" in name), name
+    drawn = fine_tune(model, tiny_vocab(4), steps=2, batch_size=4, learning_rate=1e-2, filler_tokens=[4],
+                      trainable=["multi_modal_projector"], delta=1 / 16, noise=0.5, seed=1, deltas=[1.0, 1 / 256])
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in drawn)
     with pytest.raises(ConfigError, match="matches no parameter"):
         fine_tune(model, tiny_vocab(4), steps=1, batch_size=2, learning_rate=1e-2, filler_tokens=[4],
                   trainable=["no_such_module"], delta=1 / 16, noise=0.5, seed=1)
@@ -241,12 +252,13 @@ def no_weights(monkeypatch):
 @pytest.mark.parametrize("overrides, message", [
     (["vision.v2pe_delta=0"], r"vision.v2pe_delta=0.0 must be > 0"),
     (["vision.v2pe_delta=-0.5"], r"vision.v2pe_delta=-0.5 must be > 0"),
+    (["vision.train.v2pe_deltas=[0.5,0]"], r"vision.train.v2pe_deltas=\[0.5, 0.0\]: every increment must be > 0"),
     (["vision.target_length=64"], r"vision.target_length=64 is below the language model's original length 128"),
     (["rope.type=spiral"], r"rope.type='spiral' is not a known position method"),
     (["rope.factor=4"], r"rope.factor=4.0 disagrees with vision.target_length=256"),
     (["rope.type=entropy_abf"], r"rope.type=entropy_abf: its query scaling is an attention wrapper"),
     (["vision.eval.filler_tokens=[400]"], r"vision.eval.filler_tokens: 400 filler tokens make samples span"),
-], ids=["delta-zero", "delta-negative", "target-below-original", "unknown-rope", "two-knobs", "entropy-abf",
+], ids=["delta-zero", "delta-negative", "train-deltas", "target-below-original", "unknown-rope", "two-knobs", "entropy-abf",
         "too-long"])
 def test_bad_input_fails_before_weights(overrides, message, no_weights, tmp_path):
     with pytest.raises(ConfigError, match=message) as err:

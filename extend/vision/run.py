@@ -40,6 +40,8 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
     if not vis.v2pe_delta > 0:
         problems.append(f"vision.v2pe_delta={vis.v2pe_delta} must be > 0 (1 = the model's own positions; the "
                         "paper uses 1/256 ... 1, e.g. 0.0625)")
+    if any(not d > 0 for d in vis.train.v2pe_deltas):
+        problems.append(f"vision.train.v2pe_deltas={vis.train.v2pe_deltas}: every increment must be > 0")
     if vis.task.images < 1:
         problems.append(f"vision.task.images={vis.task.images} must be >= 1")
     if not 2 <= vis.task.colours <= len(COLOURS):
@@ -101,9 +103,11 @@ def run_vision(cfg: ExtendConfig) -> dict:
     if t.steps:
         log = fine_tune(model, vocab, steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
                         filler_tokens=t.filler_tokens, trainable=t.trainable, delta=vis.v2pe_delta,
-                        noise=vis.task.noise, seed=t.seed, images=vis.task.images, log_every=t.log_every)
+                        noise=vis.task.noise, seed=t.seed, images=vis.task.images, deltas=t.v2pe_deltas,
+                        log_every=t.log_every)
         results["after"] = evaluate(model, vocab, **scoring)
     train = {"steps": t.steps, "seed": t.seed, "trainable": t.trainable if t.steps else [],
+             "v2pe_deltas": t.v2pe_deltas or [vis.v2pe_delta],
              "first_loss": log[0]["loss"] if log else None, "last_loss": log[-1]["loss"] if log else None,
              "seconds": round(sum(r["seconds"] for r in log), 1)}
     rope = resolved.provenance() if resolved else None

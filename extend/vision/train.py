@@ -21,8 +21,8 @@ from extend.vision.data import Batch, Vocab, make_batch
 from extend.vision.v2pe import v2pe_position_ids
 
 
-def forward_logits(model: PreTrainedModel, input_ids: torch.Tensor, pixel_values: torch.Tensor, delta: float,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def forward_logits(model: PreTrainedModel, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+                   delta: float | torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (batch, seq, vocab) with V2PE positions and an explicit mask (see the module docstring)."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -52,8 +52,9 @@ def select_trainable(model: PreTrainedModel, patterns: list[str]) -> list[str]:
 
 def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: int, learning_rate: float,
               filler_tokens: list[int], trainable: list[str], delta: float, noise: float, seed: int,
-              images: int = 1, log_every: int = 10) -> list[dict]:
-    """Train `model` in place on the colour task; one log record per step (step, filler, loss, seconds)."""
+              images: int = 1, deltas: list[float] | None = None, log_every: int = 10) -> list[dict]:
+    """Train `model` in place on the colour task; one log record per step (step, filler, loss, seconds).
+    With `deltas`, each sample's V2PE increment is drawn from them (seeded) instead of `delta`."""
     torch.manual_seed(seed)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
     names = select_trainable(model, trainable)
@@ -68,7 +69,8 @@ def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: i
         filler = filler_tokens[(step - 1) % len(filler_tokens)]
         batch = make_batch(vocab, batch_size, filler, image_tokens, image_size, noise, generator, rng, images)
         start = time.perf_counter()
-        loss = answer_loss(forward_logits(model, batch.input_ids, batch.pixel_values, delta), batch)
+        step_delta = torch.tensor([rng.choice(deltas) for _ in range(batch_size)]) if deltas else delta
+        loss = answer_loss(forward_logits(model, batch.input_ids, batch.pixel_values, step_delta), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

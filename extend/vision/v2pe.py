@@ -24,15 +24,19 @@ from __future__ import annotations
 import torch
 
 
-def v2pe_position_ids(input_ids: torch.Tensor, image_token_id: int, delta: float,
+def v2pe_position_ids(input_ids: torch.Tensor, image_token_id: int, delta: float | torch.Tensor,
                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(batch, seq) float32 V2PE positions for `input_ids` (batch, seq); see the module docstring."""
-    if not delta > 0:
-        raise ValueError(f"V2PE increment delta={delta} must be > 0")
+    """(batch, seq) float32 V2PE positions for `input_ids` (batch, seq); see the module docstring. `delta` is
+    one increment, or one per row (a (batch,) tensor: the paper's training samples it per sequence)."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    deltas = torch.as_tensor(delta, dtype=torch.float64, device=input_ids.device)
+    if not (deltas > 0).all():
+        raise ValueError(f"V2PE increment delta={delta} must be > 0")
+    if deltas.dim() == 1:
+        deltas = deltas[:, None]  # one per row
     keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    step = torch.where(input_ids == image_token_id, delta, 1.0).to(torch.float64) * keep
+    step = torch.where(input_ids == image_token_id, deltas, 1.0) * keep
     total = step.cumsum(-1)
     first = keep.to(torch.int64).argmax(-1, keepdim=True)  # the first kept token of each row sits at 0
     positions = total - step.gather(-1, first)
