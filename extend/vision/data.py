@@ -2,9 +2,9 @@
 
 Each sample is `[bos] filler... (<img> IMAGE x N </img>) x images question answer`: each image is Gaussian
 noise around one of up to eight colours (corners of the normalised RGB cube), the answer is the first
-image's colour token and is the only label the loss reads; later images are distractors. The answer can only come from the image, so the text after the image must
-attend across it, and more filler makes the input longer without changing the task. Seeded: the same seed
-gives the same samples.
+image's colour token and is the only label the loss reads; later images are distractors. The answer can only
+come from the first image, so the text after the images must attend back across them, and more filler makes
+the input longer without changing the task. Seeded: the same seed gives the same samples.
 
 The tiny preset has no tokenizer; its ids are fixed (model.TINY_VOCAB). A real checkpoint's tokenizer
 supplies the ids of `<img>`, `</img>`, the question and the colour names (`tokenizer_vocab`).

@@ -12,7 +12,8 @@ import copy
 from typing import Callable
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, InternVLConfig, InternVLForConditionalGeneration, PretrainedConfig
+from transformers import (AutoConfig, AutoModelForImageTextToText, InternVLConfig, InternVLForConditionalGeneration,
+                          PretrainedConfig)
 
 from extend.config import ConfigError, RopeConfig, VisionConfig
 from extend.rope import ResolvedRope, apply_rope, resolve_rope
@@ -70,7 +71,8 @@ def original_length(config: PretrainedConfig) -> int:
     return config.text_config.max_position_embeddings
 
 
-def resolve_text_rope(rope: RopeConfig, vision: VisionConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
+def resolve_text_rope(rope: RopeConfig, vision: VisionConfig,
+                      config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
     """Bind the rope method to the language model, with rope.factor derived from vision.target_length."""
     old = original_length(config)
     target = vision.target_length
