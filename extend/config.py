@@ -444,6 +444,75 @@ class EncoderConfig:
 
 
 @dataclass
+class VisionTaskConfig:
+    """The synthetic image-text task (extend/vision/data.py): each sample is some filler text, `images`
+    images whose pixels are noise around one of `colours` colours, a question, and the first image's colour
+    as the answer (the only token the loss reads). Answering needs the text after the images to attend
+    back across them."""
+
+    # How many colours (answer classes), at most 8.
+    colours: int = 4
+    # Std of the per-pixel noise around the colour (in normalised pixel units, colours sit at +-1.5).
+    noise: float = 0.5
+    # Images per sample; the answer is the first one's colour, the rest are distractors of random colours.
+    images: int = 1
+
+
+@dataclass
+class VisionTrainConfig:
+    """A short fine-tune with V2PE positions (extend/vision/train.py). steps=0: no training."""
+
+    steps: int = 0
+    # Samples per step.
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    # Filler text tokens before the image, one count per step in turn (longer inputs, same task).
+    filler_tokens: list[int] = field(default_factory=lambda: [8, 32])
+    # Parameters whose name contains one of these train; the rest stay frozen.
+    trainable: list[str] = field(default_factory=lambda: ["multi_modal_projector", "language_model"])
+    # V2PE increments to draw from, one per training sample (the paper trains with a random increment from
+    # {1, 1/2, ..., 1/256}); empty = vision.v2pe_delta for every sample. Evaluation and export use v2pe_delta.
+    v2pe_deltas: list[float] = field(default_factory=list)
+    # Seed of the training samples and of torch; keep it apart from vision.eval.seed.
+    seed: int = 1
+    log_every: int = 10
+
+
+@dataclass
+class VisionEvalConfig:
+    """Answer accuracy and loss on held-out samples, before and after training, at each filler length."""
+
+    filler_tokens: list[int] = field(default_factory=lambda: [8, 32])
+    # Samples per filler length.
+    samples: int = 64
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class VisionConfig:
+    """A vision-language model (InternVL) whose language model gets a RoPE method from the `rope` group
+    and V2PE positions (python -m extend.vision). `model` null means the run is not a vision run."""
+
+    # `tiny-internvl` (built from a config, random weights), a local folder, or a Hub id in the local cache.
+    model: str | None = None
+    # The language model's new length in positions; null keeps its original length (then rope.type must be
+    # none). When set, rope.factor is derived from it (target / original) and must be left at 1.
+    target_length: int | None = None
+    # V2PE: each image-context token advances the position by this increment, text tokens by 1 (> 0;
+    # 1 gives the model's own consecutive positions). The paper uses 1/256 ... 1; 1/16 = 0.0625.
+    v2pe_delta: float = 0.0625
+    # torch dtype the weights are loaded in (float32, bfloat16, float16).
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    # auto (cuda when available, else cpu), cpu or cuda.
+    device: str = "auto"
+    task: VisionTaskConfig = field(default_factory=VisionTaskConfig)
+    train: VisionTrainConfig = field(default_factory=VisionTrainConfig)
+    eval: VisionEvalConfig = field(default_factory=VisionEvalConfig)
+
+
+@dataclass
 class ExtendConfig:
     """The composed config of one run."""
 
@@ -460,6 +529,7 @@ class ExtendConfig:
     accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
 
 
 def register_configs() -> None:

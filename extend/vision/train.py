@@ -1,0 +1,107 @@
+"""Forward passes with V2PE positions, a short AdamW fine-tune, and answer accuracy on held-out samples.
+
+Every forward passes an explicit attention mask. Without one, transformers' masking_utils reads
+`position_ids` as packed sequences wherever consecutive positions differ by anything but 1 (with no cache,
+i.e. in training): V2PE's fractional steps would then cut the sequence into blocks that cannot attend to
+each other, and the question after the image could no longer see the image (tests/test_vision.py checks
+that attention stays causal across the image).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from extend.config import ConfigError
+from extend.vision.data import Batch, Vocab, make_batch
+from extend.vision.v2pe import v2pe_position_ids
+
+
+def forward_logits(model: PreTrainedModel, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+                   delta: float | torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (batch, seq, vocab) with V2PE positions and an explicit mask (see the module docstring)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    device = model.device
+    positions = v2pe_position_ids(input_ids, model.config.image_token_id, delta, attention_mask)
+    return model(input_ids=input_ids.to(device), pixel_values=pixel_values.to(device, model.dtype),
+                 attention_mask=attention_mask.to(device), position_ids=positions.to(device), use_cache=False).logits
+
+
+def answer_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of the answer token, predicted from the position before it."""
+    return F.cross_entropy(logits[:, -2].float(), batch.labels[:, -1].to(logits.device))
+
+
+def select_trainable(model: PreTrainedModel, patterns: list[str]) -> list[str]:
+    """Freeze every parameter except those whose name contains one of `patterns`; their names."""
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(p in name for p in patterns))
+        if param.requires_grad:
+            names.append(name)
+    if not names:
+        raise ConfigError([f"vision.train.trainable: {patterns} matches no parameter of {model.config.model_type}; "
+                           "use parts of names such as 'multi_modal_projector', 'language_model', 'vision_tower'"])
+    return names
+
+
+def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: int, learning_rate: float,
+              filler_tokens: list[int], trainable: list[str], delta: float, noise: float, seed: int,
+              images: int = 1, deltas: list[float] | None = None, log_every: int = 10) -> list[dict]:
+    """Train `model` in place on the colour task; one log record per step (step, filler, loss, seconds).
+    With `deltas`, each sample's V2PE increment is drawn from them (seeded) instead of `delta`."""
+    torch.manual_seed(seed)
+    generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    names = select_trainable(model, trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
+          f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    image_tokens, image_size = model.config.image_seq_length, model.config.vision_config.image_size[0]
+    model.train()
+    log = []
+    for step in range(1, steps + 1):
+        filler = filler_tokens[(step - 1) % len(filler_tokens)]
+        batch = make_batch(vocab, batch_size, filler, image_tokens, image_size, noise, generator, rng, images)
+        start = time.perf_counter()
+        step_delta = torch.tensor([rng.choice(deltas) for _ in range(batch_size)]) if deltas else delta
+        loss = answer_loss(forward_logits(model, batch.input_ids, batch.pixel_values, step_delta), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record = {"step": step, "filler": filler, "loss": round(loss.item(), 4),
+                  "seconds": round(time.perf_counter() - start, 3)}
+        log.append(record)
+        if step % log_every == 0 or step == steps:
+            print(f"step {step} filler {filler} loss {record['loss']:.4f} {record['seconds']:.2f}s/step")
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return log
+
+
+@torch.no_grad()
+def evaluate(model: PreTrainedModel, vocab: Vocab, *, filler_tokens: list[int], samples: int, batch_size: int,
+             delta: float, noise: float, seed: int, images: int = 1) -> dict[str, dict]:
+    """Per filler length: mean answer loss and accuracy (argmax over the colour tokens) on seeded samples."""
+    model.eval()
+    image_tokens, image_size = model.config.image_seq_length, model.config.vision_config.image_size[0]
+    colour_ids = torch.tensor(vocab.colours)
+    results = {}
+    for filler in filler_tokens:
+        generator, rng = torch.Generator().manual_seed(seed + filler), random.Random(seed + filler)
+        losses, correct = [], 0
+        for first in range(0, samples, batch_size):
+            batch = make_batch(vocab, min(batch_size, samples - first), filler, image_tokens, image_size, noise,
+                               generator, rng, images)
+            logits = forward_logits(model, batch.input_ids, batch.pixel_values, delta).float().cpu()
+            losses.append(answer_loss(logits, batch).item() * len(batch.answers))
+            correct += (logits[:, -2, colour_ids].argmax(-1) == batch.answers).sum().item()
+        results[str(filler)] = {"loss": round(sum(losses) / samples, 4), "accuracy": round(correct / samples, 4),
+                                "length": batch.input_ids.shape[1]}
+    return results
