@@ -134,7 +134,8 @@ def verify_dataset(path: str | os.PathLike, cfg: ExtendConfig, tokenizer=None, c
     if manifest["config_fingerprint"] != fingerprint(current):
         diffs = config_differences(manifest["config"], current) or ["(same keys, different serialisation)"]
         problems.append(f"{folder} was made from a different config; differences (dataset -> config): "
-                        + "; ".join(diffs) + ". Rerun `python -m data_prep` with this config")
+                        + "; ".join(diffs) + ". Rebuild it with this config (`python -m data_prep` with the same "
+                        "recipe and overrides plus data.overwrite=true) or point data.output_dir elsewhere")
     if tokenizer is not None:
         from extend.models.tokenizer import tokenizer_fingerprint
 
