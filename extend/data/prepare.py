@@ -36,8 +36,8 @@ MIXTURE_SEMANTICS = (
     "weight is a sampling proportion: a source supplies weight / sum(weights) of every stage's tokens "
     "(a stage's planned_share; a stage with its own curriculum weights uses those, and sampling_proportion is "
     "the token-weighted mean over stages); actual_share is what the packed rows hold; repeat_factor = tokens in "
-    "rows over all stages / unique tokens of the source (above 1: documents repeat). upsample factors weight each document's draw "
-    "probability by its length bucket, inside its source."
+    "rows over all stages / unique tokens of the source (above 1: documents repeat). upsample factors weight "
+    "each document's draw probability by its length bucket, inside its source."
 )
 
 
@@ -223,7 +223,8 @@ def _manifest(identity: dict, config: dict, data: DataConfig, tokens_per_step: i
             "documents": len(src.lengths), "unique_tokens": src.num_tokens,
             "weight": data.sources[n].weight,
             # Over the whole dataset: the stages' planned shares weighted by their tokens.
-            "sampling_proportion": round(sum(st["sources"][n]["planned_share"] * st["tokens"] for st in stages) / all_tokens, 6),
+            "sampling_proportion": round(
+                sum(st["sources"][n]["planned_share"] * st["tokens"] for st in stages) / all_tokens, 6),
             "actual_share": round(in_rows / all_real, 6),
             "repeat_factor": round(in_rows / src.num_tokens, 6),
             "too_long_for_stage": "/".join(str(st["sources"][n]["too_long_skipped"]) for st in stages),

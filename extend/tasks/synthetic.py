@@ -12,10 +12,10 @@ protocol. Each item is a prompt that ends where the answer begins, and the answe
 - numeric_qa: in the spirit of Giraffe's AlteredNumericQA: a long record of facts about invented places,
   every number drawn at random (so no model can know it from pretraining), then a question whose answer
   is one of those numbers. Unlike passkey, every sentence is a distractor of the same form.
-- copy: a list of random made-up words and numbers, then the same list again as the answer. Predicting the repeat
-  needs nothing but looking back (what induction heads do, the mechanism in-context retrieval rests on),
-  so it teaches a small model from scratch to retrieve; short lists first is what makes it learnable
-  (recipes/tiny_base.yaml).
+- copy: a list of random made-up words and numbers, then the same list again as the answer. Predicting
+  the repeat needs nothing but looking back (what induction heads do, the mechanism in-context retrieval
+  rests on), so it teaches a small model from scratch to retrieve; short lists first is what makes it
+  learnable (recipes/tiny_base.yaml).
 """
 
 from __future__ import annotations
