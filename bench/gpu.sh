@@ -40,5 +40,6 @@ fi
 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    "$python" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
     "$python" -m bench.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
 } 2>&1 | tee "$out/gpu.log"
