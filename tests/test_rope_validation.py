@@ -69,6 +69,19 @@ def test_odd_rotary_dim():
         resolve_rope(RopeConfig(type="linear", factor=4), config)
 
 
+@pytest.mark.parametrize("config_class", ["Gemma3TextConfig", "ModernBertConfig"])
+def test_rope_parameters_per_attention_type_are_refused(config_class):
+    """Gemma 3 and ModernBERT keep one RoPE base per attention type; one rescaled set would silently replace
+    the global layers' base (Gemma 3: 1e6) with the local one's, so the method is refused by name."""
+    import transformers
+
+    config = getattr(transformers, config_class)(num_hidden_layers=2)
+    with pytest.raises(ConfigError, match=r"per attention type \(full_attention, sliding_attention") as err:
+        resolve_rope(RopeConfig(type="linear", factor=2), config)
+    assert len(err.value.problems) == 1 and "rope=none" in str(err.value)
+    assert resolve_rope(RopeConfig(type="none"), config) is None
+
+
 def test_already_scaled_base_is_refused():
     config = LlamaConfig(
         hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64, vocab_size=32,

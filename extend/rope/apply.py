@@ -99,6 +99,12 @@ _METHOD_FIELD_HINTS = {
 }
 
 
+def _rope_per_attention_type(config: PreTrainedConfig) -> list[str]:
+    """The attention types of a config whose rope_parameters are keyed by type ({} for one shared set)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    return sorted(rope) if rope and all(isinstance(v, dict) for v in rope.values()) else []
+
+
 def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrainedConfig) -> ResolvedRope | None:
     """Validate `rope_cfg` for this model and bind it, reporting every problem at once.
 
@@ -126,6 +132,14 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
     if method is None:
         raise ConfigError([f"rope.type={cfg.type!r} is not a known position method; choose one of: none, {', '.join(METHODS)}"])
 
+    attention_types = _rope_per_attention_type(model_config)
+    if attention_types:
+        # Read as one set, the first type's base would silently replace the others' (Gemma 3: 1e6 -> 1e4).
+        raise ConfigError([
+            f"the model config holds RoPE parameters per attention type ({', '.join(attention_types)}: e.g. Gemma 3, "
+            "ModernBERT); extend's position methods rescale one set of parameters and would replace every type's "
+            "base: not supported yet (keep the model's own positions with rope=none)"
+        ])
     if geometry.rotary_dim % 2:
         problems.append(
             f"the model's rotary dimension is {geometry.rotary_dim} (head_dim {geometry.head_dim}); RoPE needs an "
