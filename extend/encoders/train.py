@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from extend.config import ConfigError
 from extend.encoders.encode import Reader, forward
 from extend.encoders.tasks import haystack_lines, line_window, token_ids, with_specials
+from extend.models.standalone import select_trainable
 
 
 @dataclass
@@ -60,19 +60,6 @@ def make_batch(tokenizer, lines: list[str], length: int, size: int, rng: random.
     return pairs
 
 
-def select_trainable(model: PreTrainedModel, patterns: list[str]) -> list[str]:
-    """Freeze every parameter except those whose name contains one of `patterns`; their names."""
-    names = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(any(p in name for p in patterns))
-        if param.requires_grad:
-            names.append(name)
-    if not names:
-        raise ConfigError([f"encoder.train.trainable: {patterns} matches no parameter of "
-                           f"{model.config.model_type}; use parts of names such as 'position_embeddings'"])
-    return names
-
-
 def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of each query against all documents of the batch; its own document is the target."""
     logits = queries @ docs.T / temperature
@@ -86,7 +73,7 @@ def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, 
     """Train `model` in place; returns one log record per step (step, length, loss, seconds)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    names = select_trainable(model, trainable)
+    names = select_trainable(model, trainable, "encoder.train.trainable", "'position_embeddings'")
     params = [p for p in model.parameters() if p.requires_grad]
     print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
           f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")

@@ -11,24 +11,17 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer, PretrainedConfig
 
 from extend.config import ConfigError, ExtendConfig, VisionConfig
 from extend.models.loading import DTYPES, torch_dtype
+from extend.models.standalone import device_problems, resolve_device
 from extend.rope import ResolvedRope
 from extend.vision.data import COLOURS, sample_length, tiny_vocab, tokenizer_vocab
 from extend.vision.export import save_vision
 from extend.vision.model import (PRESETS, build_model, extended_config, family_problems, load_config,
                                  original_length, resolve_text_rope)
 from extend.vision.train import evaluate, fine_tune
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-
 
 def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
     """(the bound rope method, every problem with the vision settings for this model), before any weights."""
@@ -46,8 +39,7 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
         problems.append(f"vision.task.images={vis.task.images} must be >= 1")
     if not 2 <= vis.task.colours <= len(COLOURS):
         problems.append(f"vision.task.colours={vis.task.colours} must lie in [2, {len(COLOURS)}]")
-    if vis.device not in DEVICES or (vis.device == "cuda" and not torch.cuda.is_available()):
-        problems.append(f"vision.device: {vis.device!r} must be one of {list(DEVICES)} and present on this machine")
+    problems += device_problems("vision.device", vis.device)
     if vis.dtype not in DTYPES:
         problems.append(f"vision.dtype={vis.dtype!r}: choose one of {', '.join(DTYPES)}")
     if vis.train.steps < 0:

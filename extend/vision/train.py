@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from extend.config import ConfigError
+from extend.models.standalone import select_trainable
 from extend.vision.data import Batch, Vocab, make_batch
 from extend.vision.v2pe import v2pe_position_ids
 
@@ -37,19 +37,6 @@ def answer_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits[:, -2].float(), batch.labels[:, -1].to(logits.device))
 
 
-def select_trainable(model: PreTrainedModel, patterns: list[str]) -> list[str]:
-    """Freeze every parameter except those whose name contains one of `patterns`; their names."""
-    names = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(any(p in name for p in patterns))
-        if param.requires_grad:
-            names.append(name)
-    if not names:
-        raise ConfigError([f"vision.train.trainable: {patterns} matches no parameter of {model.config.model_type}; "
-                           "use parts of names such as 'multi_modal_projector', 'language_model', 'vision_tower'"])
-    return names
-
-
 def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: int, learning_rate: float,
               filler_tokens: list[int], trainable: list[str], delta: float, noise: float, seed: int,
               images: int = 1, deltas: list[float] | None = None, log_every: int = 10) -> list[dict]:
@@ -57,7 +44,8 @@ def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: i
     With `deltas`, each sample's V2PE increment is drawn from them (seeded) instead of `delta`."""
     torch.manual_seed(seed)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
-    names = select_trainable(model, trainable)
+    names = select_trainable(model, trainable, "vision.train.trainable",
+                             "'multi_modal_projector', 'language_model', 'vision_tower'")
     params = [p for p in model.parameters() if p.requires_grad]
     print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
           f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
