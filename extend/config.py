@@ -77,6 +77,10 @@ class RopeConfig:
     # entropy_abf: L in max(1, ln(m+1) / ln L) and the number of first layers left unscaled.
     log_scale_length: int | None = None
     exempt_layers: int | None = None
+    # Models whose config keeps RoPE parameters per attention type (ModernBERT, Gemma 3): the type the method
+    # rescales; the other types keep theirs. None = full_attention (sliding-window layers never see a distance
+    # beyond their window). Setting it for a model with one set of parameters is an error.
+    attention_type: str | None = None
 
 
 @dataclass

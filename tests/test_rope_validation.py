@@ -69,17 +69,32 @@ def test_odd_rotary_dim():
         resolve_rope(RopeConfig(type="linear", factor=4), config)
 
 
-@pytest.mark.parametrize("config_class", ["Gemma3TextConfig", "ModernBertConfig"])
-def test_rope_parameters_per_attention_type_are_refused(config_class):
-    """Gemma 3 and ModernBERT keep one RoPE base per attention type; one rescaled set would silently replace
-    the global layers' base (Gemma 3: 1e6) with the local one's, so the method is refused by name."""
-    import transformers
+def _per_type_config():
+    from transformers import ModernBertConfig
 
-    config = getattr(transformers, config_class)(num_hidden_layers=2)
-    with pytest.raises(ConfigError, match=r"per attention type \(full_attention, sliding_attention") as err:
-        resolve_rope(RopeConfig(type="linear", factor=2), config)
-    assert len(err.value.problems) == 1 and "rope=none" in str(err.value)
-    assert resolve_rope(RopeConfig(type="none"), config) is None
+    return ModernBertConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, intermediate_size=64)
+
+
+@pytest.mark.parametrize(
+    "rope,message",
+    [
+        (RopeConfig(type="yarn", factor=2, attention_type="global"),
+         "rope.attention_type='global': this model keeps RoPE parameters per attention type (full_attention, "
+         "sliding_attention); set rope.attention_type to one of them"),
+        (RopeConfig(type="entropy_abf", factor=2, rope_theta=1e6),
+         "rope.type=entropy_abf scales the queries of every layer past rope.exempt_layers, not one attention type"),
+        (RopeConfig(type="none", attention_type="full_attention"), "rope.type is none but ['attention_type'] is set"),
+    ],
+)
+def test_bad_attention_type_on_a_per_type_model(rope, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_rope(rope, _per_type_config())
+    assert len(err.value.problems) == 1 and message in err.value.problems[0]
+
+
+def test_attention_type_on_a_model_with_one_set_is_refused(base):
+    with pytest.raises(ConfigError, match="keeps one set of RoPE parameters for every layer; remove rope.attention_type"):
+        resolve_rope(RopeConfig(type="yarn", factor=2, attention_type="full_attention"), base)
 
 
 def test_already_scaled_base_is_refused():

@@ -16,8 +16,7 @@ from extend.config import ConfigError
 from extend.eval.schema import validate as validate_eval_json
 from extend.models import tiny_base
 from extend.models.presets import PRESETS
-from extend.rope.apply import PROVENANCE_KEY
-from extend.rope.export import ENTROPY_ROPE_TYPE, served_lengths
+from extend.rope.export import ENTROPY_ROPE_TYPE, PROVENANCE_KEY, scaled_rope_parameters, served_lengths
 
 
 def is_hub_id(name: str, namespace_required: bool = False) -> bool:
@@ -119,7 +118,8 @@ class ExportInfo:
 
     @property
     def rope_parameters(self) -> dict[str, Any]:
-        return self.model_config.get("rope_parameters") or self.model_config.get("rope_scaling") or {}
+        """The set of RoPE parameters carrying the method (for per-attention-type configs, the scaled type's)."""
+        return scaled_rope_parameters(self.model_config)
 
     @property
     def needs_extend(self) -> bool:

@@ -15,11 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedConfig
 
 from extend.config import ConfigError, RopeConfig
-from extend.rope.export import EXPORTERS, served_lengths
+from extend.rope.export import DEFAULT_ATTENTION_TYPE, EXPORTERS, PROVENANCE_KEY, served_lengths
 from extend.rope.methods import METHODS, RopeMethod
-
-# Key under which a saved config.json records how its positions were changed.
-PROVENANCE_KEY = "extend_position_method"
 
 
 @dataclass(frozen=True)
@@ -34,17 +31,20 @@ class ModelGeometry:
     max_position_embeddings: int | None
 
     @classmethod
-    def of(cls, config: PreTrainedConfig) -> ModelGeometry:
-        """The geometry a method rescales. A checkpoint this project extended records its pretrained
-        base and length (PROVENANCE_KEY), so extending it again (YaRN's 64k -> 128k) starts from those."""
+    def of(cls, config: PreTrainedConfig, attention_type: str | None = None) -> ModelGeometry:
+        """The geometry a method rescales: the model's one set of RoPE parameters, or the set of
+        `attention_type` where the config keeps one per type. A checkpoint this project extended records its
+        pretrained base and length (PROVENANCE_KEY), so extending it again (YaRN's 64k -> 128k) starts from those."""
         rope = dict(getattr(config, "rope_parameters", None) or {})
+        if attention_type is not None:
+            rope = dict(rope.get(attention_type) or {})
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) or 1.0
         rope_theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         max_position = getattr(config, "max_position_embeddings", None)
         provenance = getattr(config, PROVENANCE_KEY, None)
-        if provenance:
+        if provenance and provenance.get("attention_type") == attention_type:
             rope_theta, rope_type = float(provenance["base_rope_theta"]), "default"
             max_position = int(provenance["original_max_position_embeddings"])
         return cls(head_dim, int(head_dim * partial), config.num_hidden_layers, rope_theta, rope_type, max_position)
@@ -58,6 +58,8 @@ class ResolvedRope:
     params: Any
     base: float
     rotary_dim: int
+    # The attention type rescaled where the config keeps RoPE parameters per type; None: the one set.
+    attention_type: str | None = None
 
     @property
     def original_length(self) -> int:
@@ -76,7 +78,8 @@ class ResolvedRope:
 
     def provenance(self) -> dict[str, Any]:
         fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self.params).items()}
-        return {"type": self.method.name, "base_rope_theta": self.base, **fields}
+        scope = {"attention_type": self.attention_type} if self.attention_type else {}
+        return {"type": self.method.name, "base_rope_theta": self.base, **scope, **fields}
 
 
 def _as_rope_config(rope_cfg: RopeConfig | DictConfig | dict) -> RopeConfig:
@@ -99,10 +102,34 @@ _METHOD_FIELD_HINTS = {
 }
 
 
-def _rope_per_attention_type(config: PreTrainedConfig) -> list[str]:
-    """The attention types of a config whose rope_parameters are keyed by type ({} for one shared set)."""
+def rope_attention_types(config: PreTrainedConfig) -> list[str]:
+    """The attention types of a config whose rope_parameters are keyed by type ([] for one shared set)."""
     rope = getattr(config, "rope_parameters", None) or {}
     return sorted(rope) if rope and all(isinstance(v, dict) for v in rope.values()) else []
+
+
+def _attention_type(cfg: RopeConfig, model_config: PreTrainedConfig) -> tuple[str | None, list[str]]:
+    """(the attention type the method rescales or None for a config with one set of parameters, problems).
+
+    Where RoPE parameters are kept per attention type (ModernBERT, Gemma 3), the method rescales one type,
+    full_attention by default: sliding-window layers never see a distance beyond their window, so their
+    positions need no extension, and they keep their own base."""
+    types = rope_attention_types(model_config)
+    if not types:
+        if cfg.attention_type is not None:
+            return None, [f"rope.attention_type={cfg.attention_type!r}: this model keeps one set of RoPE "
+                          "parameters for every layer; remove rope.attention_type"]
+        return None, []
+    chosen = cfg.attention_type or DEFAULT_ATTENTION_TYPE
+    problems = []
+    if chosen not in types:
+        problems.append(f"rope.attention_type={chosen!r}: this model keeps RoPE parameters per attention type "
+                        f"({', '.join(types)}); set rope.attention_type to one of them")
+    if cfg.type == "entropy_abf":
+        problems.append("rope.type=entropy_abf scales the queries of every layer past rope.exempt_layers, not one "
+                        f"attention type; with RoPE parameters per attention type ({', '.join(types)}) use abf or "
+                        "another method")
+    return chosen, problems
 
 
 def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrainedConfig) -> ResolvedRope | None:
@@ -111,19 +138,18 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
     Returns None for `rope.type: none` (the model keeps its own positions).
     """
     cfg = _as_rope_config(rope_cfg)
-    geometry = ModelGeometry.of(model_config)
     problems: list[str] = []
     set_fields = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(RopeConfig)
-        if f.name not in ("type", "factor", "original_max_position_embeddings") and getattr(cfg, f.name) is not None
+        if f.name not in ("type", "factor", "original_max_position_embeddings", "attention_type")
+        and getattr(cfg, f.name) is not None
     }
 
     if cfg.type == "none":
-        if set_fields or cfg.factor != 1.0:
-            problems.append(
-                f"rope.type is none but {sorted(set_fields) or ['factor']} is set: pick a method with rope=NAME"
-            )
+        if set_fields or cfg.factor != 1.0 or cfg.attention_type is not None:
+            named = sorted(set_fields) + (["attention_type"] if cfg.attention_type is not None else [])
+            problems.append(f"rope.type is none but {named or ['factor']} is set: pick a method with rope=NAME")
         if problems:
             raise ConfigError(problems)
         return None
@@ -132,14 +158,10 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
     if method is None:
         raise ConfigError([f"rope.type={cfg.type!r} is not a known position method; choose one of: none, {', '.join(METHODS)}"])
 
-    attention_types = _rope_per_attention_type(model_config)
-    if attention_types:
-        # Read as one set, the first type's base would silently replace the others' (Gemma 3: 1e6 -> 1e4).
-        raise ConfigError([
-            f"the model config holds RoPE parameters per attention type ({', '.join(attention_types)}: e.g. Gemma 3, "
-            "ModernBERT); extend's position methods rescale one set of parameters and would replace every type's "
-            "base: not supported yet (keep the model's own positions with rope=none)"
-        ])
+    attention_type, problems = _attention_type(cfg, model_config)
+    if problems:
+        raise ConfigError(problems)  # without a valid type there is no base or rotary dim to check the rest against
+    geometry = ModelGeometry.of(model_config, attention_type)
     if geometry.rotary_dim % 2:
         problems.append(
             f"the model's rotary dimension is {geometry.rotary_dim} (head_dim {geometry.head_dim}); RoPE needs an "
@@ -191,7 +213,7 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
     problems = _check_values(cfg.type, dataclasses.asdict(params), geometry)
     if problems:
         raise ConfigError(problems)
-    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim)
+    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim, attention_type)
 
 
 def _check_values(rope_type: str, kw: dict[str, Any], geometry: ModelGeometry) -> list[str]:
@@ -231,10 +253,14 @@ def apply_rope(model_config: PreTrainedConfig, resolved: ResolvedRope | None) ->
     if resolved is None:
         return config
     rope_parameters, max_position = resolved.hf_fields()
-    previous = dict(getattr(model_config, "rope_parameters", None) or {})
+    every_type = copy.deepcopy(getattr(model_config, "rope_parameters", None) or {})
+    previous = every_type if resolved.attention_type is None else every_type[resolved.attention_type]
     if "partial_rotary_factor" in previous:
         rope_parameters["partial_rotary_factor"] = previous["partial_rotary_factor"]
-    config.rope_parameters = rope_parameters
+    if resolved.attention_type is None:
+        config.rope_parameters = rope_parameters
+    else:  # only the rescaled type changes; the others keep their own parameters
+        config.rope_parameters = {**every_type, resolved.attention_type: rope_parameters}
     config.max_position_embeddings = max_position
     setattr(config, PROVENANCE_KEY, resolved.provenance())
     return config

@@ -37,6 +37,20 @@ from extend.rope.methods import (
 # angle at a million positions smaller than 1e-20 rad, which is zero to float32 cos and sin.
 ZERO_FREQUENCY_FACTOR = 1e30
 ENTROPY_ROPE_TYPE = "entropy_abf"
+# Key under which a saved config.json records how its positions were changed.
+PROVENANCE_KEY = "extend_position_method"
+# The attention type a method rescales in configs with RoPE parameters per type (ModernBERT, Gemma 3).
+DEFAULT_ATTENTION_TYPE = "full_attention"
+
+
+def scaled_rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The one set of RoPE parameters that carries the method. A config with parameters per attention
+    type (every value a dict) has the method in the type its provenance names (default full_attention)."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        attention_type = (config.get(PROVENANCE_KEY) or {}).get("attention_type") or DEFAULT_ATTENTION_TYPE
+        return rope.get(attention_type) or {}
+    return rope
 
 
 def _linear(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
@@ -158,7 +172,7 @@ def served_lengths(config: dict[str, Any], tokenizer_max_length: int | None) -> 
       rope type but longrope and llama3, where yarn starts from original_max_position_embeddings;
       longrope defaults to a top-level original_max_position_embeddings when config.json has one.
     """
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope = scaled_rope_parameters(config)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     max_position = config["max_position_embeddings"]
 

@@ -46,7 +46,8 @@ def rope_report(cfg: ExtendConfig) -> str:
     after, attention = resolved.inv_freq(seq_len=extended)
     lines = [
         f"{resolved.method.name} ({resolved.method.summary}) on {cfg.model.name_or_path}",
-        f"  rotary dim {resolved.rotary_dim}, base {resolved.base:g}",
+        f"  rotary dim {resolved.rotary_dim}, base {resolved.base:g}"
+        + (f", {resolved.attention_type} layers only (the other attention types keep theirs)" if resolved.attention_type else ""),
         f"  original length L = {length}, factor s = {resolved.params.factor:g} -> extended length {extended}",
         f"  attention factor (scales cos and sin) = {attention:.6f}",
         *_entropy_lines(resolved),
@@ -63,7 +64,7 @@ def rope_report(cfg: ExtendConfig) -> str:
     lines += [
         "",
         "  context length as each reader will derive it from the exported checkpoint:",
-        f"    transformers (max_position_embeddings{' x factor' if exported.rope_parameters.get('rope_type') in ('linear', 'dynamic') else ''}): {served['transformers']}",
+        f"    transformers (max_position_embeddings{' x factor' if resolved.method.name in ('linear', 'dynamic') else ''}): {served['transformers']}",
         f"    tokenizer model_max_length:  {served['tokenizer']}",
         f"    vLLM max_model_len:          {served['vllm']}",
     ]
