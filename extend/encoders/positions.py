@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError
+from extend.encoders.rotary import ROPE_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class PositionTable:
         return 0 if self.offset_key is None else int(getattr(config, self.offset_key)) + 1
 
 
-# model_type -> its table. Encoders with RoPE are not here: they take the decoder path's rope methods.
+# model_type -> its table. Encoders with RoPE are not here: they take the decoder path's rope methods
+# (extend/encoders/rotary.py).
 FAMILIES: dict[str, PositionTable] = {
     "bert": PositionTable("embeddings.position_embeddings"),
     "roberta": PositionTable("embeddings.position_embeddings", offset_key="pad_token_id"),
@@ -53,7 +55,8 @@ def family_of(config: PretrainedConfig) -> PositionTable:
         kind = config.model_type if table is None else f"{config.model_type} with position_embedding_type="\
             f"{config.position_embedding_type}"
         raise ConfigError([f"encoder.model: model type '{kind}' has no learned absolute position table this "
-                           f"project can extend; supported: {', '.join(sorted(FAMILIES))} (absolute positions)"])
+                           f"project can extend; supported: {', '.join(sorted(FAMILIES))} (absolute positions), "
+                           f"{', '.join(sorted(ROPE_FAMILIES))} (RoPE, through rope=METHOD)"])
     return table
 
 
@@ -117,6 +120,6 @@ def mapped_position_ids(config: PretrainedConfig, length: int, factor: int) -> t
     return (family_of(config).offset(config) + torch.arange(length) * factor).unsqueeze(0)
 
 
-def load_encoder(path: str, attn_implementation: str = "sdpa") -> PreTrainedModel:
+def load_encoder(path: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The base encoder (AutoModel, no task head), in eval mode."""
-    return AutoModel.from_pretrained(path, attn_implementation=attn_implementation).eval()
+    return AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=dtype).eval()

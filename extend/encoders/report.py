@@ -23,7 +23,8 @@ def averages(data: dict) -> dict[str, dict[str, float | None]]:
 def write_report(data: dict, path: Path) -> None:
     variants = list(data["results"])
     lines = [f"# Encoder extension: {data['model']} ({data['model_type']})", "",
-             f"{data['original_length']} -> {data['target_length']} positions (x{data['factor']}); metric nDCG@1 "
+             f"{data['original_length']} -> {data['target_length']} positions (x{data['factor']}, "
+             f"{data.get('positions', 'learned position table interpolated')}); metric nDCG@1 "
              f"with {data['eval']['candidates']} candidate documents per cell, one query per document, "
              f"seed {data['eval']['seed']}. Run time {data['seconds']} s.", "",
              "| variant | what it is |", "|---|---|"]

@@ -1,9 +1,9 @@
-"""One encoder run, top to bottom: check -> load -> interpolate -> evaluate (a), (b) -> fine-tune ->
+"""One encoder run, top to bottom: check -> load -> extend -> evaluate (a), (b) -> fine-tune ->
 evaluate (c) -> export -> eval.json + report.md in the run folder.
 
 (a) the original model, truncating every input at its trained length L (what users get today);
-(b) training-free interpolation to the target length, read with consecutive position ids (what the export
-    does in stock transformers);
+(b) the training-free extension to the target length: the interpolated table read with consecutive
+    position ids (what the export does in stock transformers), or the RoPE method;
 (c) (b) after contrastive fine-tuning, when encoder.train.steps > 0;
 control (encoder.train.control): the base fine-tuned the same way without extension, still truncating at
     L, so the report separates what the extension adds from what the training task teaches by itself.
@@ -16,16 +16,20 @@ import json
 import time
 from pathlib import Path
 
+from functools import partial
+
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-from extend.config import ConfigError, EncoderConfig, ExtendConfig
+from extend.config import ConfigError, EncoderConfig, ExtendConfig, RopeConfig
 from extend.encoders.encode import POOLINGS, Reader
 from extend.encoders.eval import Variant, build_sets, evaluate
 from extend.encoders.export import save_encoder
-from extend.encoders.positions import check_target, extend_encoder, family_of, load_encoder, original_length
+from extend.encoders.extension import plan_extension, trainable_problems
+from extend.encoders.positions import load_encoder
 from extend.encoders.report import write_report
-from extend.encoders.tasks import SYNTHETIC
+from extend.encoders.tasks import SYNTHETIC, special_tail
 from extend.encoders.train import fine_tune
+from extend.models.loading import DTYPES, torch_dtype
 from extend.models.standalone import device_problems, resolve_device
 
 # Names of encoders shipped as PyPI packages -> (import name, folder inside it, install command).
@@ -43,12 +47,11 @@ def model_path(name: str) -> str:
     return str(Path(spec.submodule_search_locations[0]) / folder)
 
 
-def check_encoder(cfg: EncoderConfig, config: PretrainedConfig) -> list[str]:
-    """Every problem with the encoder settings for this model, before any weights are loaded."""
+def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig | None = None) -> list[str]:
+    """Every problem with the encoder (and rope) settings for this model, before any weights are loaded."""
     problems: list[str] = []
     try:
-        family_of(config)
-        check_target(config, cfg.target_length)
+        plan_extension(cfg, rope or RopeConfig(), config)
     except ConfigError as err:
         return err.problems  # the lengths below are meaningless for an unsupported model or target
     checked = [("encoder.eval.lengths", cfg.eval.lengths)]
@@ -64,6 +67,9 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig) -> list[str]:
     problems += device_problems("encoder.device", cfg.device)
     if cfg.pooling not in POOLINGS:
         problems.append(f"encoder.pooling: {cfg.pooling!r} is not one of {list(POOLINGS)}")
+    if cfg.dtype not in DTYPES:
+        problems.append(f"encoder.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
+    problems += trainable_problems(cfg, config)
     if cfg.eval.candidates < 2:
         problems.append(f"encoder.eval.candidates: {cfg.eval.candidates} must be >= 2 (one relevant, the rest distractors)")
     if cfg.train.steps < 0:
@@ -87,23 +93,27 @@ def run_encoder(cfg: ExtendConfig) -> dict:
                            "encoder.model=FOLDER_OR_ID"])
     path = model_path(enc.model)
     config = AutoConfig.from_pretrained(path)
-    problems = check_encoder(enc, config)
+    problems = check_encoder(enc, config, cfg.rope)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if enc.append_eos and tokenizer.eos_token_id is None:
+        problems.append(f"encoder.append_eos: the tokenizer of {enc.model} has no EOS token; set encoder.append_eos=false")
     if problems:
         raise ConfigError(problems)
+    extension = plan_extension(enc, cfg.rope, config)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     device = resolve_device(enc.device)
-    base = load_encoder(path, enc.attn_implementation).to(device)
-    old, factor = original_length(config), check_target(config, enc.target_length)
+    base = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(device)
+    old, factor = extension.original_length, extension.factor
+    reader = partial(Reader, tail=special_tail(tokenizer), eos_id=tokenizer.eos_token_id if enc.append_eos else None)
     prefixes = (enc.query_prefix, enc.passage_prefix)
     sets = build_sets(tokenizer, enc.eval.tasks, enc.eval.lengths, enc.eval.candidates, enc.eval.seed,
                       enc.eval.local_sets, prefixes)
     variants = [
-        Variant("original", base, Reader(old), f"the base model, inputs truncated at {old} tokens"),
-        Variant("interpolated", extend_encoder(base, enc.target_length).to(device), Reader(enc.target_length),
-                f"position table interpolated x{factor} to {enc.target_length}, no training"),
+        Variant("original", base, reader(old), f"the base model, inputs truncated at {old} tokens"),
+        Variant(extension.variant, extension.build(base, path, enc.attn_implementation), reader(enc.target_length),
+                extension.description),
     ]
     score = dict(pad_id=tokenizer.pad_token_id, pooling=enc.pooling, normalize=enc.normalize,
                  batch_size=enc.eval.batch_size)
@@ -111,30 +121,31 @@ def run_encoder(cfg: ExtendConfig) -> dict:
     train_log: list[dict] = []
     final = variants[1]
     if enc.train.steps:
-        tuned = extend_encoder(base, enc.target_length).to(device)
+        tuned = extension.build(base, path, enc.attn_implementation)
         t = enc.train
-        train_log = fine_tune(tuned, tokenizer, Reader(enc.target_length), steps=t.steps, batch_size=t.batch_size,
+        train_log = fine_tune(tuned, tokenizer, reader(enc.target_length), steps=t.steps, batch_size=t.batch_size,
                               lengths=t.lengths, learning_rate=t.learning_rate, temperature=t.temperature,
                               trainable=t.trainable, min_query_tokens=t.min_query_tokens, seed=t.seed,
                               pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every)
-        final = Variant("fine-tuned", tuned, Reader(enc.target_length),
-                        f"interpolated x{factor}, then {t.steps} contrastive steps training {t.trainable}")
+        final = Variant("fine-tuned", tuned, reader(enc.target_length),
+                        f"{extension.variant} x{factor:g}, then {t.steps} contrastive steps training {t.trainable}")
         results.update(evaluate([final], sets, **score))
         variants.append(final)
         if t.control:
-            control = load_encoder(path, enc.attn_implementation).to(device)
-            fine_tune(control, tokenizer, Reader(old), steps=t.steps, batch_size=t.batch_size,
+            control = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(device)
+            fine_tune(control, tokenizer, reader(old), steps=t.steps, batch_size=t.batch_size,
                       lengths=[min(n, old) for n in t.lengths], learning_rate=t.learning_rate,
                       temperature=t.temperature, trainable=t.trainable, min_query_tokens=t.min_query_tokens,
                       seed=t.seed, pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every)
-            variants.append(Variant("control", control, Reader(old), f"the base model (truncating at {old}) "
+            variants.append(Variant("control", control, reader(old), f"the base model (truncating at {old}) "
                                     f"fine-tuned the same way at lengths <= {old}, without extension"))
             results.update(evaluate(variants[-1:], sets, **score))
-    export_dir = save_encoder(final.model, tokenizer, out / "final", enc, old)
+    export_dir = save_encoder(final.model, tokenizer, out / "final", enc, extension.note())
     data = {
         "schema": "extend.encoders/1",
         "model": enc.model, "model_path": path, "model_type": config.model_type,
-        "original_length": old, "target_length": enc.target_length, "factor": factor,
+        "original_length": old, "target_length": enc.target_length, "factor": int(factor) if factor.is_integer() else round(factor, 6),
+        "positions": extension.note()["method"],
         "metric": "ndcg@1",
         "variants": {v.name: {"description": v.description, "read_length": v.reader.max_length} for v in variants},
         "results": results,

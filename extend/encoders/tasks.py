@@ -59,6 +59,11 @@ def _special_parts(tokenizer) -> tuple[list[int], list[int]]:
     return full[:start], full[start + len(plain):]
 
 
+def special_tail(tokenizer) -> int:
+    """How many special tokens close a single text (BERT: 1, [SEP]; Llama-style tokenizers: 0)."""
+    return len(_special_parts(tokenizer)[1])
+
+
 def with_specials(tokenizer, ids: list[int]) -> list[int]:
     head, tail = _special_parts(tokenizer)
     return head + ids + tail
