@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, XLMRobertaConfig, XLMRobertaModel
+from transformers import (AutoTokenizer, BertConfig, BertModel, LlamaConfig, MistralConfig, ModernBertConfig, XLMRobertaConfig,
+                          XLMRobertaModel)
 
 from extend.config import ConfigError, EncoderConfig, ExtendConfig
 from extend.encoders import check_target, extend_encoder, family_of, interpolate_table, mapped_position_ids
@@ -218,9 +219,15 @@ def test_small_end_to_end_run_on_real_minilm(tmp_path):
 
 
 # The published geometry of the encoders the recipes name that are not on this machine.
-ENCODER_STAND_INS = {"intfloat/e5-base-v2": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                                        intermediate_size=3072, max_position_embeddings=512)}
-ENCODER_RECIPES = ("minilm_2k", "e5_4k")
+ENCODER_STAND_INS = {
+    "intfloat/e5-base-v2": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                      intermediate_size=3072, max_position_embeddings=512),
+    "nomic-ai/modernbert-embed-base": ModernBertConfig(),  # ModernBERT-base: 22 layers, 8192, global base 160000
+    "intfloat/e5-mistral-7b-instruct": MistralConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                                     num_key_value_heads=8, intermediate_size=14336,
+                                                     max_position_embeddings=32768, vocab_size=32000),
+}
+ENCODER_RECIPES = ("minilm_2k", "e5_4k", "modernbert_embed_32k", "e5_mistral_32k")
 
 
 @pytest.mark.parametrize("recipe", ENCODER_RECIPES)
@@ -233,7 +240,7 @@ def test_encoder_recipe_composes_and_validates(recipe):
     assert cfg.run_name == recipe and cfg.encoder.model is not None
     name = cfg.encoder.model
     config = ENCODER_STAND_INS[name] if name in ENCODER_STAND_INS else AutoConfig.from_pretrained(model_path(name))
-    assert check_encoder(cfg.encoder, config) == []
+    assert check_encoder(cfg.encoder, config, cfg.rope) == []
     assert max(cfg.encoder.eval.lengths) == cfg.encoder.target_length, "recipes evaluate up to their extended length"
 
 

@@ -48,8 +48,8 @@ def resolve_encoder_rope(rope: RopeConfig, config: PretrainedConfig, target_leng
                            f"{target_length} through a position method: add rope=yarn (or linear, ntk, dynamic, ...)"])
     factor = target_length / old
     if rope.factor not in (1.0, factor):
-        raise ConfigError([f"rope.factor={rope.factor} disagrees with encoder.target_length={target_length} (original "
-                           f"{old}): set only encoder.target_length; the factor is derived from it"])
+        raise ConfigError([f"rope.factor={rope.factor:g} disagrees with encoder.target_length={target_length} (original "
+                           f"{old}): set rope.factor={factor:g}, or rope.factor=1 to derive it from the target length"])
     bound = copy.copy(rope)
     bound.factor = factor
     return resolve_rope(bound, config)
