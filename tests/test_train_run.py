@@ -89,6 +89,20 @@ def test_final_model_reloads_in_a_fresh_process_without_extend(make_config, tmp_
     assert stock_reload_max_diff(final, ids, expected, tmp_path) <= 1e-5
 
 
+def test_a_model_with_rope_per_attention_type_trains_and_reloads(make_config, tmp_path):
+    """Gemma 3 keeps a local and a global RoPE base: yarn rescales the global layers only, and the merged
+    export reloads in stock transformers with the same logits past the original length."""
+    cfg = make_config("model=tiny_gemma3", "rope=yarn", "rope.factor=2")
+    final = train(cfg)
+    saved = json.loads((final / "config.json").read_text())["rope_parameters"]
+    assert saved["full_attention"]["rope_type"] == "yarn" and saved["full_attention"]["rope_theta"] == 1e6
+    assert saved["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
+    ids = torch.randint(0, 4000, (1, 128), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base_model(cfg), final / "adapter")(ids, use_cache=False).logits
+    assert stock_reload_max_diff(final, ids, expected, tmp_path) <= 1e-5
+
+
 def test_batch_one_times_accumulation_four_equals_batch_four(make_config, tmp_path):
     runs = {}
     for micro in (1, 4):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from transformers import LlamaConfig, MistralConfig, PreTrainedConfig, Qwen2Config
+from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, PreTrainedConfig, Qwen2Config
 
 _SHAPE = dict(
     vocab_size=256,
@@ -41,5 +41,13 @@ PRESETS: dict[str, Callable[[], PreTrainedConfig]] = {
     ),
     "tiny-mistral": lambda: MistralConfig(
         **_SHAPE, sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}
+    ),
+    # RoPE parameters per attention type, as in Gemma 3: a local base for the sliding-window layer, a global
+    # one for the full-attention layer (position methods rescale the global one).
+    "tiny-gemma3": lambda: Gemma3TextConfig(
+        **_SHAPE, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
     ),
 }
