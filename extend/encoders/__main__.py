@@ -1,7 +1,8 @@
-"""`python -m extend.encoders recipe=minilm_2k [encoder.key=value ...]`
+"""`python -m extend.encoders recipe=minilm_2k [encoder.key=value ...] [rope=METHOD ...]`
 
-Extends an embedding encoder's learned position table by interpolation, optionally fine-tunes it
-contrastively, evaluates the original (truncating), the interpolated and the fine-tuned model on
+Extends an embedding encoder (a learned position table by interpolation, a RoPE encoder by a position
+method), optionally fine-tunes it contrastively, evaluates the original (truncating), the training-free
+extension and the fine-tuned model on
 LongEmbed-style passkey and needle retrieval, and writes eval.json, report.md and the export (final/) into
 outputs/<run_name>. `--help` lists groups and options; `--cfg job` prints the composed config.
 """

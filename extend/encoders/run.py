@@ -99,6 +99,8 @@ def run_encoder(cfg: ExtendConfig) -> dict:
         problems.append(f"encoder.append_eos: the tokenizer of {enc.model} has no EOS token; set encoder.append_eos=false")
     if problems:
         raise ConfigError(problems)
+    if tokenizer.pad_token_id is None:  # Llama-style tokenizers: padded positions are masked, any id will do
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     extension = plan_extension(enc, cfg.rope, config)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
