@@ -2,9 +2,8 @@
 
 Extends an embedding encoder (a learned position table by interpolation, a RoPE encoder by a position
 method), optionally fine-tunes it contrastively, evaluates the original (truncating), the training-free
-extension and the fine-tuned model on
-LongEmbed-style passkey and needle retrieval, and writes eval.json, report.md and the export (final/) into
-outputs/<run_name>. `--help` lists groups and options; `--cfg job` prints the composed config.
+extension and the fine-tuned model on LongEmbed-style passkey and needle retrieval, and writes eval.json,
+report.md and the export (final/) into outputs/<run_name>. `--help` lists groups and options; `--cfg job` prints the composed config.
 """
 
 from extend.cli import run_cli
