@@ -324,3 +324,65 @@ def test_a_checkpoint_folder_with_a_tokenizer_runs_and_exports_it(tmp_path):
     final = tmp_path / "run" / "final"
     assert AutoTokenizer.from_pretrained(final).convert_tokens_to_ids("<img>") == tokenizer.convert_tokens_to_ids("<img>")
     assert json.loads((final / "extend_vision.json").read_text())["vocab"] is None  # the tokenizer says it
+
+
+# --- generation with V2PE positions and a KV cache ----------------------------------------------------------
+
+def full_forward_greedy(model, ids, pixels, delta, steps):
+    """The reference: no cache; each step re-reads prompt + answer so far, the answer numbered on from the
+    prompt's last V2PE position."""
+    prompt = v2pe_position_ids(ids, IMG, delta)
+    out = []
+    with torch.no_grad():
+        for k in range(steps):
+            seq = torch.cat([ids, torch.tensor([out], dtype=ids.dtype)], 1) if out else ids
+            positions = torch.cat([prompt, prompt[:, -1:] + torch.arange(1, k + 1)], 1)
+            logits = model(input_ids=seq, pixel_values=pixels, attention_mask=torch.ones_like(seq),
+                           position_ids=positions, use_cache=False).logits
+            out.append(int(logits[0, -1].argmax()))
+    return out
+
+
+def peaked_model():
+    """tiny_model with larger random weights: a 0.02-init model emits one token forever, which would let a
+    wrong position pass unnoticed."""
+    model, generator = tiny_model(), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def test_cached_generation_continues_the_v2pe_positions():
+    from extend.vision import generate_v2pe
+    model, batch = peaked_model(), tiny_batch(size=1)
+    ids = batch.input_ids[:, :-1]  # the prompt, without the answer
+    cached = generate_v2pe(model, ids, batch.pixel_values, 1 / 16, max_new_tokens=6)
+    assert cached[0].tolist() == full_forward_greedy(model, ids, batch.pixel_values, 1 / 16, 6)
+    assert len(set(cached[0].tolist())) > 2  # a varied continuation, so positions matter
+    # stock generate numbers new tokens by cache length: right only when delta = 1
+    stock = model.generate(input_ids=ids, pixel_values=batch.pixel_values, attention_mask=torch.ones_like(ids),
+                           max_new_tokens=6, do_sample=False)[:, ids.shape[1]:]
+    assert torch.equal(generate_v2pe(model, ids, batch.pixel_values, 1.0, max_new_tokens=6), stock)
+
+
+def test_left_padded_generation_matches_each_row_alone_and_right_padding_is_refused():
+    from extend.vision import generate_v2pe
+    model = peaked_model()
+    short, long = tiny_batch(filler=4, size=1, seed=1), tiny_batch(filler=9, size=1, seed=2)
+    a, b = short.input_ids[:, :-1], long.input_ids[:, :-1]
+    pad = b.shape[1] - a.shape[1]
+    ids = torch.cat([torch.cat([torch.full((1, pad), TINY_VOCAB["pad"]), a], 1), b])
+    mask = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones_like(a)], 1), torch.ones_like(b)])
+    pixels = torch.cat([short.pixel_values, long.pixel_values])
+    batched = generate_v2pe(model, ids, pixels, 1 / 16, attention_mask=mask, max_new_tokens=5)
+    alone = [generate_v2pe(model, x, p, 1 / 16, max_new_tokens=5) for x, p in ((a, short.pixel_values),
+                                                                             (b, long.pixel_values))]
+    assert torch.equal(batched, torch.cat(alone))
+    eos = int(batched[0, 1])  # pretend the first row's second token is EOS: that row stops there, padded after
+    stopped = generate_v2pe(model, ids, pixels, 1 / 16, attention_mask=mask, max_new_tokens=5, eos_token_id=eos,
+                            pad_token_id=-1)
+    assert stopped[0, :2].tolist() == batched[0, :2].tolist() and (stopped[0, 2:] == -1).all()
+    with pytest.raises(ValueError, match="needs left padding"):
+        generate_v2pe(model, ids, pixels, 1 / 16, attention_mask=mask.flip(1), max_new_tokens=2)
