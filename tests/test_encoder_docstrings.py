@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from extend.config import EncoderConfig, EncoderEvalConfig
 from extend.data.corpus import python_version, stdlib_heldout_files, stdlib_root, stdlib_training_files
-from extend.encoders.docstrings import all_pairs, docstring_set, main, split_docstring, write_set
+from extend.encoders.docstrings import Pair, all_pairs, docstring_set, main, split_docstring, unambiguous, write_set
 from extend.encoders.eval import build_sets
 from extend.encoders.run import check_encoder, model_path
 from extend.encoders.tasks import local_set
@@ -54,6 +54,12 @@ def test_query_is_the_summary_and_the_document_only_the_prose():
     repeated = DOCSTRING.replace("The result is an integer.", "Return the frobnicated value of x.")
     assert split_docstring(repeated) is None, "a document that repeats the summary does not qualify"
     assert split_docstring("One line only.") is None
+
+
+def test_identical_pairs_count_once_and_a_shared_query_or_document_is_dropped():
+    found = [Pair("a:1", "q1", "d1"), Pair("b:1", "q2", "d2"), Pair("a:9", "q1", "d1"), Pair("c:1", "q2", "d3"),
+             Pair("d:1", "q4", "d4"), Pair("e:1", "q5", "d4"), Pair("f:1", "q6", "d6")]
+    assert [p.id for p in unambiguous(found)] == ["a:1", "f:1"]
 
 
 def test_every_query_has_one_document_which_does_not_repeat_it(pairs):

@@ -111,7 +111,15 @@ def all_pairs() -> list[Pair]:
             pair = split_docstring(docstring) if docstring else None
             if pair:
                 found.append(Pair(f"{path.relative_to(root).as_posix()}:{node.lineno}:{name}", *pair))
-    unique = list({(p.query, p.doc): p for p in reversed(found)}.values())[::-1]  # first of identical pairs
+    return unambiguous(found)
+
+
+def unambiguous(pairs: list[Pair]) -> list[Pair]:
+    """Identical pairs once (the first), then no pair whose query or document another pair shares."""
+    first: dict[tuple[str, str], Pair] = {}
+    for item in pairs:
+        first.setdefault((item.query, item.doc), item)
+    unique = list(first.values())
     queries, docs = Counter(p.query for p in unique), Counter(p.doc for p in unique)
     return [p for p in unique if queries[p.query] == 1 and docs[p.doc] == 1]
 
