@@ -413,7 +413,9 @@ class EncoderEvalConfig:
     lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     # Candidate documents per (task, length); one query per document, each with one relevant document.
     candidates: int = 100
-    # Folders with corpus.jsonl, queries.jsonl, qrels.jsonl (BEIR-like), scored at their full length.
+    # Folders with corpus.jsonl, queries.jsonl, qrels.jsonl (BEIR-like), scored at their full length, or
+    # built-in sets by name: stdlib-docstrings (summary sentence -> rest of the docstring, held-out standard-
+    # library files; extend/encoders/docstrings.py).
     local_sets: list[str] = field(default_factory=list)
     seed: int = 0
     # Sequences per forward pass.

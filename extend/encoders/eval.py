@@ -8,15 +8,20 @@ uniformly random pick among the tied documents, so a tie never scores by documen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from extend.encoders.encode import Reader, embed
-from extend.encoders.tasks import SYNTHETIC, RetrievalSet, local_set
+from extend.encoders.docstrings import NAME as DOCSTRINGS, docstring_set
+from extend.encoders.tasks import SYNTHETIC, RetrievalSet, local_set, rows_set
 
 TIE_TOLERANCE = 1e-6
+
+# Local sets built in memory, named in encoder.eval.local_sets instead of a folder -> (corpus, queries, qrels).
+BUILT_IN_SETS: dict[str, Callable[[], tuple[list[dict], list[dict], list[dict]]]] = {DOCSTRINGS: docstring_set}
 
 
 def ndcg_at_1(scores: torch.Tensor, relevant: list[set[int]]) -> float:
@@ -47,10 +52,12 @@ def score_set(variant: Variant, data: RetrievalSet, pad_id: int, pooling: str, n
 
 def build_sets(tokenizer, tasks: list[str], lengths: list[int], candidates: int, seed: int,
                local_sets: list[str], prefixes: tuple[str, str] = ("", "")) -> list[RetrievalSet]:
-    """Every synthetic (task, length) set, each from its own seed, then the local sets."""
+    """Every synthetic (task, length) set, each from its own seed, then the local sets (a built-in name or
+    a folder)."""
     sets = [SYNTHETIC[task](tokenizer, length, candidates, cell_seed(seed, task, length), prefixes)
             for task in tasks for length in lengths]
-    return sets + [local_set(tokenizer, folder, prefixes) for folder in local_sets]
+    return sets + [rows_set(tokenizer, name, *BUILT_IN_SETS[name](), prefixes, source=name) if name in BUILT_IN_SETS
+                   else local_set(tokenizer, name, prefixes) for name in local_sets]
 
 
 def cell_seed(seed: int, task: str, length: int) -> int:

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from extend.config import ConfigError, EncoderConfig, ExtendConfig, RopeConfig
 from extend.encoders.encode import POOLINGS, Reader
-from extend.encoders.eval import Variant, build_sets, evaluate
+from extend.encoders.eval import BUILT_IN_SETS, Variant, build_sets, evaluate
 from extend.encoders.export import save_encoder
 from extend.encoders.extension import plan_extension, trainable_problems
 from extend.encoders.positions import load_encoder
@@ -80,8 +80,9 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     if cfg.train.temperature <= 0:
         problems.append(f"encoder.train.temperature: {cfg.train.temperature} must be > 0")
     for folder in cfg.eval.local_sets:
-        if not Path(folder).is_dir():
-            problems.append(f"encoder.eval.local_sets: {folder} is not a folder (corpus.jsonl, queries.jsonl, qrels.jsonl)")
+        if folder not in BUILT_IN_SETS and not Path(folder).is_dir():
+            problems.append(f"encoder.eval.local_sets: {folder} is neither a folder (corpus.jsonl, queries.jsonl, "
+                            f"qrels.jsonl) nor a built-in set ({', '.join(BUILT_IN_SETS)})")
     return problems
 
 

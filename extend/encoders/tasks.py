@@ -15,7 +15,8 @@ Documents are built from token ids (sentences tokenised one by one and concatena
 equals tokenising the whole text), so every document has exactly the target length.
 
 Local sets: a folder with `corpus.jsonl` ({"id", "text"}), `queries.jsonl` ({"id", "text"}) and
-`qrels.jsonl` ({"query_id", "doc_id"}; one line per relevant pair), as in BEIR.
+`qrels.jsonl` ({"query_id", "doc_id"}; one line per relevant pair), as in BEIR, or the same rows built in
+memory (extend/encoders/docstrings.py: `stdlib-docstrings`).
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def needle(tokenizer, length: int, candidates: int, seed: int, prefixes: tuple[s
 SYNTHETIC: dict[str, Callable[..., RetrievalSet]] = {"passkey": passkey, "needle": needle}
 
 
+LOCAL_FILES = ("corpus.jsonl", "queries.jsonl", "qrels.jsonl")
+
+
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError([f"encoder.eval.local_sets: {path} is missing; a local set is a folder with corpus.jsonl, "
@@ -162,17 +166,24 @@ def _jsonl(path: Path) -> list[dict]:
 def local_set(tokenizer, folder: str, prefixes: tuple[str, str] = ("", "")) -> RetrievalSet:
     """A BEIR-like folder of jsonl files, tokenised (truncation happens when a model reads it)."""
     root = Path(folder)
-    corpus, queries, qrels = (_jsonl(root / f) for f in ("corpus.jsonl", "queries.jsonl", "qrels.jsonl"))
+    corpus, queries, qrels = (_jsonl(root / f) for f in LOCAL_FILES)
+    return rows_set(tokenizer, root.name, corpus, queries, qrels, prefixes, str(root / "qrels.jsonl"))
+
+
+def rows_set(tokenizer, name: str, corpus: list[dict], queries: list[dict], qrels: list[dict],
+             prefixes: tuple[str, str] = ("", ""), source: str = "qrels") -> RetrievalSet:
+    """A local set from its rows (as the jsonl files hold them), named `local:<name>`; `source` names the
+    qrels in an error."""
     doc_index = {d["id"]: i for i, d in enumerate(corpus)}
     query_index = {q["id"]: i for i, q in enumerate(queries)}
     relevant: list[set[int]] = [set() for _ in queries]
     for row in qrels:
         if row["query_id"] not in query_index or row["doc_id"] not in doc_index:
-            raise ConfigError([f"encoder.eval.local_sets: {root / 'qrels.jsonl'} names query {row['query_id']!r} "
+            raise ConfigError([f"encoder.eval.local_sets: {source} names query {row['query_id']!r} "
                                f"/ document {row['doc_id']!r}, which queries.jsonl / corpus.jsonl do not hold"])
         relevant[query_index[row["query_id"]]].add(doc_index[row["doc_id"]])
     keep = [i for i, r in enumerate(relevant) if r]
-    return RetrievalSet(f"local:{root.name}",
+    return RetrievalSet(f"local:{name}",
                         [with_specials(tokenizer, token_ids(tokenizer, prefixes[0] + queries[i]["text"])) for i in keep],
                         [with_specials(tokenizer, token_ids(tokenizer, prefixes[1] + d["text"])) for d in corpus],
                         [relevant[i] for i in keep])
