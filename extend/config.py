@@ -401,6 +401,9 @@ class EncoderTrainConfig:
     # Also fine-tune the original model the same way (lengths capped at its trained length, inputs truncated
     # there) and evaluate it as `control`: what the training alone does, without the extension.
     control: bool = False
+    # Learned tables only: keep the rows that hold the original table frozen (recurrent: rows 0..L-1). With
+    # trainable = [position_embeddings], inputs of at most L tokens then keep the original embedding exactly.
+    freeze_original_rows: bool = False
 
 
 @dataclass
@@ -451,6 +454,10 @@ class EncoderConfig:
     attn_implementation: str = "sdpa"
     # torch dtype the weights are loaded in (float32, bfloat16, float16); RoPE angles stay float32.
     dtype: str = "float32"
+    # Learned tables only: how the new rows are made. interpolate: old row i at row s*i, linear in between
+    # (position interpolation; short inputs read compressed positions). recurrent: row p = old row p mod L,
+    # so inputs of at most L tokens read exactly the original rows (extend/encoders/positions.py).
+    table: str = "interpolate"
     # auto (cuda when available, else cpu), cpu or cuda.
     device: str = "auto"
     train: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)

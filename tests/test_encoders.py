@@ -227,7 +227,7 @@ ENCODER_STAND_INS = {
                                                      num_key_value_heads=8, intermediate_size=14336,
                                                      max_position_embeddings=32768, vocab_size=32000),
 }
-ENCODER_RECIPES = ("minilm_2k", "e5_4k", "modernbert_embed_32k", "e5_mistral_32k")
+ENCODER_RECIPES = ("minilm_2k", "minilm_2k_recurrent", "e5_4k", "modernbert_embed_32k", "e5_mistral_32k")
 
 
 @pytest.mark.parametrize("recipe", ENCODER_RECIPES)
@@ -247,3 +247,55 @@ def test_encoder_recipe_composes_and_validates(recipe):
 def test_every_encoder_recipe_is_validated_here():
     from tests.test_recipes import RECIPES, typed
     assert {r for r in RECIPES if typed(r).encoder.model is not None} == set(ENCODER_RECIPES)
+
+
+# --- the recurrent layout: inputs up to L read exactly the original rows -------------------------------------
+
+@pytest.mark.parametrize("build", [tiny_bert, tiny_xlmr], ids=["bert", "xlm-roberta"])
+def test_recurrent_table_repeats_the_original_and_keeps_short_inputs_exact(build):
+    from extend.encoders.positions import original_rows
+    model = build()
+    extended = extend_encoder(model, ORIGINAL * 4, layout="recurrent")
+    offset = family_of(model.config).offset(model.config)
+    old, new = (m.embeddings.position_embeddings.weight for m in (model, extended))
+    assert torch.equal(new[:offset], old[:offset])
+    for p in (0, 5, ORIGINAL - 1, ORIGINAL, ORIGINAL + 7, 4 * ORIGINAL - 1):
+        assert torch.equal(new[offset + p], old[offset + p % ORIGINAL])
+    assert original_rows(model.config, "recurrent", 4).tolist() == list(range(offset, offset + ORIGINAL))
+    assert original_rows(model.config, "interpolate", 4).tolist() == [offset + 4 * i for i in range(ORIGINAL)]
+    ids = torch.randint(5, 90, (2, ORIGINAL))
+    with torch.no_grad():  # consecutive (stock) ids: the same hidden states as the original, bit for bit
+        assert torch.equal(extended(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+
+
+def test_freezing_the_original_rows_keeps_short_inputs_exactly_as_they_were(tokenizer):
+    from extend.encoders.extension import plan_extension
+    from extend.config import RopeConfig
+    base = tiny_bert()
+    enc = EncoderConfig(target_length=ORIGINAL * 2, table="recurrent")
+    extension = plan_extension(enc, RopeConfig(), base.config)
+    model = extension.build(base, "unused", "sdpa")
+    before = model.embeddings.position_embeddings.weight.detach().clone()
+    fine_tune(model, tokenizer, Reader(ORIGINAL * 2), steps=2, batch_size=3, lengths=[128], learning_rate=1e-2,
+              temperature=0.05, trainable=["position_embeddings"], min_query_tokens=4, seed=1, pooling="mean",
+              frozen_rows=extension.frozen_rows(base.config))
+    after = model.embeddings.position_embeddings.weight.detach()
+    assert torch.equal(after[:ORIGINAL], before[:ORIGINAL])  # the original rows: untouched
+    assert not torch.equal(after[ORIGINAL:], before[ORIGINAL:])  # the repeated rows: trained
+    short = passkey(tokenizer, ORIGINAL, 3, seed=5).docs
+    torch.testing.assert_close(embed(model, short, Reader(ORIGINAL * 2), tokenizer.pad_token_id),
+                               embed(base, short, Reader(ORIGINAL), tokenizer.pad_token_id), atol=0, rtol=0)
+
+
+def test_table_settings_are_checked():
+    from extend.config import RopeConfig
+    bert = BertConfig(max_position_embeddings=512)
+    assert check_encoder(EncoderConfig(table="spiral"), bert) == [
+        "encoder.table='spiral': choose one of interpolate, recurrent"]
+    enc = EncoderConfig(table="recurrent")
+    enc.train.steps, enc.train.control, enc.train.freeze_original_rows = 5, True, True
+    enc.train.lengths = enc.eval.lengths = [512, 2048]
+    assert [p.split(":")[0] for p in check_encoder(enc, bert)] == ["encoder.train.control with encoder.train.freeze_original_rows"]
+    modernbert = ModernBertConfig()
+    assert "encoder.table=recurrent: applies to a learned position table" in check_encoder(
+        EncoderConfig(target_length=32768, table="recurrent"), modernbert, RopeConfig(type="yarn"))[0]

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError, EncoderConfig, RopeConfig
-from extend.encoders.positions import check_target, extend_encoder, family_of, original_length
+from extend.encoders.positions import LAYOUTS, check_target, extend_encoder, family_of, original_length, original_rows
 from extend.encoders.rotary import describe, load_rope_encoder, resolve_encoder_rope, uses_rope
 from extend.rope import ResolvedRope
 
@@ -20,10 +20,12 @@ class Extension:
 
     original_length: int
     target_length: int
-    # The training-free variant's name in the report ("interpolated", or the RoPE method's name).
+    # The training-free variant's name in the report ("interpolated" / "recurrent", or the RoPE method's).
     variant: str
     description: str
     rope: ResolvedRope | None = None
+    # encoder.table for a learned table: interpolate or recurrent.
+    layout: str = "interpolate"
 
     @property
     def factor(self) -> float:
@@ -32,15 +34,23 @@ class Extension:
     def build(self, base: PreTrainedModel, path: str, attn_implementation: str) -> PreTrainedModel:
         """The training-free extended model, on the base's device and dtype; the base is left untouched."""
         if self.rope is None:
-            return extend_encoder(base, self.target_length).to(base.device)
+            return extend_encoder(base, self.target_length, self.layout).to(base.device)
         return load_rope_encoder(path, base.config, self.rope, base.dtype, attn_implementation).to(base.device)
+
+    def frozen_rows(self, base_config: PretrainedConfig) -> dict[str, torch.Tensor]:
+        """encoder.train.freeze_original_rows: the rows of the extended table that hold the original rows, by
+        parameter name (a RoPE encoder has no table: nothing). `base_config` is the unextended model's."""
+        if self.rope is not None:
+            return {}
+        name = family_of(base_config).module + ".weight"
+        return {name: original_rows(base_config, self.layout, round(self.factor))}
 
     def note(self) -> dict:
         """What extend_encoder.json records about the positions of the export."""
         common = {"original_length": self.original_length, "target_length": self.target_length,
                   "factor": round(self.factor, 6)}
         if self.rope is None:
-            return {"method": "learned position table interpolated (extend.encoders.positions.interpolate_table)",
+            return {"method": f"learned position table, {self.layout} layout (extend.encoders.positions)",
                     **common, "position_ids": "consecutive (stock)"}
         return {"method": f"RoPE {self.rope.method.name} (extend.rope; config.json rope_parameters and "
                           "extend_position_method hold it)", **common, "attention_type": self.rope.attention_type}
@@ -49,16 +59,27 @@ class Extension:
 def plan_extension(enc: EncoderConfig, rope: RopeConfig, config: PretrainedConfig) -> Extension:
     """The extension for this model, or one ConfigError naming the key and the fix."""
     if uses_rope(config):
+        for key, value, default in (("table", enc.table, "interpolate"),
+                                    ("train.freeze_original_rows", enc.train.freeze_original_rows, False)):
+            if value != default:
+                raise ConfigError([f"encoder.{key}={value}: applies to a learned position table; {config.model_type} "
+                                   f"encoders use RoPE (rope=METHOD): remove it"])
         resolved = resolve_encoder_rope(rope, config, enc.target_length)
         return Extension(resolved.original_length, enc.target_length, resolved.method.name, describe(resolved),
                          resolved)
+    if enc.table not in LAYOUTS:
+        raise ConfigError([f"encoder.table={enc.table!r}: choose one of {', '.join(LAYOUTS)}"])
     family_of(config)  # one error for a model type with neither a table nor RoPE
     if rope != RopeConfig():
         raise ConfigError([f"rope.type={rope.type}: {config.model_type} encoders have a learned position table, "
                            "extended by interpolation to encoder.target_length; remove the rope settings"])
     factor = check_target(config, enc.target_length)
-    return Extension(original_length(config), enc.target_length, "interpolated",
-                     f"position table interpolated x{factor} to {enc.target_length}, no training")
+    if enc.table == "interpolate":
+        return Extension(original_length(config), enc.target_length, "interpolated",
+                         f"position table interpolated x{factor} to {enc.target_length}, no training")
+    return Extension(original_length(config), enc.target_length, "recurrent",
+                     f"position table repeated x{factor} to {enc.target_length} (row p = original row p mod "
+                     f"{original_length(config)}), no training", layout="recurrent")
 
 
 def trainable_problems(enc: EncoderConfig, config: PretrainedConfig) -> list[str]:

@@ -1,11 +1,18 @@
-"""Extending an encoder's learned absolute position table by interpolation (LongEmbed, Zhu et al. 2024).
+"""Extending an encoder's learned absolute position table (LongEmbed, Zhu et al. 2024), in one of two layouts.
 
-With L original positions and factor s (target length N = s * L), the new table has N rows:
-row s*i is old row i exactly (i = 0..L-1), rows between two mapped rows are linear interpolations of
-their neighbours, and the s-1 rows after s*(L-1) continue the last segment linearly (extrapolation: a
-clamp would give the last s positions one identical vector, which attention cannot tell apart).
+With L original positions and factor s (target length N = s * L), the new table has N rows.
 
-Two ways to read the table:
+`interpolate`: row s*i is old row i exactly (i = 0..L-1), rows between two mapped rows are linear
+interpolations of their neighbours, and the s-1 rows after s*(L-1) continue the last segment linearly
+(extrapolation: a clamp would give the last s positions one identical vector, which attention cannot tell
+apart).
+
+`recurrent`: row p is old row p mod L, the table repeated s times. Rows 0..L-1 are the original table, so
+any input of at most L tokens reads exactly what the original model read, in a stock load; beyond L the
+positions start over (LongEmbed's recurrent positions, as a table). The rows past L are the ones a
+fine-tune can train while the first L stay frozen (`original_rows`).
+
+Two ways to read an interpolated table:
 - consecutive ids (what a stock transformers / sentence-transformers load does): position p reads row p,
   i.e. old position p / s. This is position interpolation; it is how the export is used.
 - mapped ids (`mapped_position_ids`): position p reads row p * s, which is old row p. For inputs of at
@@ -89,6 +96,26 @@ def interpolate_table(table: torch.Tensor, factor: int) -> torch.Tensor:
     return new.to(table.dtype)
 
 
+def recurrent_table(table: torch.Tensor, factor: int) -> torch.Tensor:
+    """(L, d) -> (s*L, d): row p = old row p mod L."""
+    if factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor}")
+    return table.detach().repeat(factor, 1)
+
+
+# encoder.table -> how the new rows are made from the old table.
+LAYOUTS = {"interpolate": interpolate_table, "recurrent": recurrent_table}
+
+
+def original_rows(base_config: PretrainedConfig, layout: str, factor: int) -> torch.Tensor:
+    """Indices (into the extended table, leading rows included) of the rows that hold the original rows where
+    the original model read them: recurrent rows 0..L-1 (what inputs of at most L tokens read), interpolate
+    rows 0, s, 2s, ... (what the mapped-id mode reads). `base_config` is the unextended model's."""
+    old, offset = original_length(base_config), family_of(base_config).offset(base_config)
+    stride = factor if layout == "interpolate" else 1
+    return offset + torch.arange(old) * stride
+
+
 def extended_config(config: PretrainedConfig, target_length: int) -> PretrainedConfig:
     """A copy of the config that addresses `target_length` token positions."""
     new = config.__class__.from_dict(config.to_dict())
@@ -96,8 +123,9 @@ def extended_config(config: PretrainedConfig, target_length: int) -> PretrainedC
     return new
 
 
-def extend_encoder(model: PreTrainedModel, target_length: int) -> PreTrainedModel:
-    """A new model of the same class whose position table is interpolated to `target_length` positions.
+def extend_encoder(model: PreTrainedModel, target_length: int, layout: str = "interpolate") -> PreTrainedModel:
+    """A new model of the same class whose position table is extended to `target_length` positions in
+    `layout` (see the module docstring).
 
     The model is rebuilt from the extended config (so its `position_ids` / `token_type_ids` buffers have the
     new size) and the original weights are loaded into it; the original model is left untouched.
@@ -108,7 +136,7 @@ def extend_encoder(model: PreTrainedModel, target_length: int) -> PreTrainedMode
     state = model.state_dict()
     key = family.module + ".weight"
     old = state[key]
-    state[key] = torch.cat([old[:offset], interpolate_table(old[offset:], factor)])
+    state[key] = torch.cat([old[:offset], LAYOUTS[layout](old[offset:], factor)])
     config = extended_config(model.config, target_length)
     new = model.__class__(config)
     new.load_state_dict(state, strict=True)

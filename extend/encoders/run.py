@@ -77,6 +77,9 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     if cfg.train.steps and cfg.train.batch_size < 2:
         problems.append(f"encoder.train.batch_size: {cfg.train.batch_size} must be >= 2: in-batch negatives need "
                         "another pair in the batch")
+    if cfg.train.steps and cfg.train.control and cfg.train.freeze_original_rows:
+        problems.append("encoder.train.control with encoder.train.freeze_original_rows: the base's table holds only "
+                        "original rows, so the control would train none of them; set encoder.train.control=false")
     if cfg.train.temperature <= 0:
         problems.append(f"encoder.train.temperature: {cfg.train.temperature} must be > 0")
     for folder in cfg.eval.local_sets:
@@ -129,9 +132,11 @@ def run_encoder(cfg: ExtendConfig) -> dict:
         train_log = fine_tune(tuned, tokenizer, reader(enc.target_length), steps=t.steps, batch_size=t.batch_size,
                               lengths=t.lengths, learning_rate=t.learning_rate, temperature=t.temperature,
                               trainable=t.trainable, min_query_tokens=t.min_query_tokens, seed=t.seed,
-                              pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every)
-        final = Variant("fine-tuned", tuned, reader(enc.target_length),
-                        f"{extension.variant} x{factor:g}, then {t.steps} contrastive steps training {t.trainable}")
+                              pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every,
+                              frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None)
+        frozen = ", original rows frozen" if t.freeze_original_rows else ""
+        final = Variant("fine-tuned", tuned, reader(enc.target_length), f"{extension.variant} x{factor:g}, then "
+                        f"{t.steps} contrastive steps training {t.trainable}{frozen}")
         results.update(evaluate([final], sets, **score))
         variants.append(final)
         if t.control:

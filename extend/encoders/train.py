@@ -69,11 +69,17 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float) -> t
 def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, batch_size: int,
               lengths: list[int], learning_rate: float, temperature: float, trainable: list[str],
               min_query_tokens: int, seed: int, pooling: str, prefixes: tuple[str, str] = ("", ""),
-              log_every: int = 10) -> list[dict]:
-    """Train `model` in place; returns one log record per step (step, length, loss, seconds)."""
+              log_every: int = 10, frozen_rows: dict[str, torch.Tensor] | None = None) -> list[dict]:
+    """Train `model` in place; returns one log record per step (step, length, loss, seconds).
+
+    `frozen_rows` maps a parameter name to row indices whose gradient is zeroed, so those rows stay exactly
+    as they are (AdamW without weight decay moves nothing that never had a gradient)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     names = select_trainable(model, trainable, "encoder.train.trainable", "'position_embeddings'")
+    by_name = dict(model.named_parameters())
+    hooks = [by_name[name].register_hook(lambda grad, rows=rows: grad.index_fill(0, rows.to(grad.device), 0.0))
+             for name, rows in (frozen_rows or {}).items() if by_name[name].requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
           f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
@@ -101,6 +107,8 @@ def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, 
         bar.set_postfix(length=length, loss=f"{record['loss']:.3f}")
         if step % log_every == 0 or step == steps:
             tqdm.write(f"step {step} length {length} loss {record['loss']:.4f} {record['seconds']:.1f}s/step")
+    for hook in hooks:
+        hook.remove()
     for param in model.parameters():
         param.requires_grad_(True)
     return log
