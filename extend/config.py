@@ -404,6 +404,10 @@ class EncoderTrainConfig:
     # Learned tables only: keep the rows that hold the original table frozen (recurrent: rows 0..L-1). With
     # trainable = [position_embeddings], inputs of at most L tokens then keep the original embedding exactly.
     freeze_original_rows: bool = False
+    # > 0: add keep_short_weight x the mean cosine distance between the trained model's and the original
+    # model's embeddings of short training texts (8..L tokens), so inputs the original model could read keep
+    # their embeddings while long ones are learned (extend/encoders/train.py KeepShort). 0 = off.
+    keep_short_weight: float = 0.0
 
 
 @dataclass

@@ -299,3 +299,23 @@ def test_table_settings_are_checked():
     modernbert = ModernBertConfig()
     assert "encoder.table=recurrent: applies to a learned position table" in check_encoder(
         EncoderConfig(target_length=32768, table="recurrent"), modernbert, RopeConfig(type="yarn"))[0]
+
+
+def test_keep_short_holds_short_inputs_near_the_original(tokenizer):
+    """The short-input term starts at 0 (the recurrent table reads the original rows) and, weighted up,
+    keeps held-out short texts closer to the original embedding than the same training without it."""
+    from extend.encoders.train import KeepShort
+    base = tiny_bert()
+    texts = passkey(tokenizer, ORIGINAL // 2, 4, seed=9).docs
+    reference = embed(base, texts, Reader(ORIGINAL), tokenizer.pad_token_id)
+    drift = {}
+    for weight in (0.0, 50.0):
+        model = extend_encoder(base, ORIGINAL * 2, layout="recurrent")
+        keep = KeepShort(base, Reader(ORIGINAL), weight, ORIGINAL) if weight else None
+        log = fine_tune(model, tokenizer, Reader(ORIGINAL * 2), steps=3, batch_size=3, lengths=[128],
+                        learning_rate=3e-3, temperature=0.05, trainable=["embeddings", "encoder"], min_query_tokens=4,
+                        seed=1, pooling="mean", keep_short=keep)
+        if weight:
+            assert log[0]["keep"] == pytest.approx(0.0, abs=1e-6)
+        drift[weight] = (1 - (embed(model, texts, Reader(ORIGINAL * 2), tokenizer.pad_token_id) * reference).sum(-1)).mean()
+    assert drift[50.0] < 0.5 * drift[0.0]

@@ -28,7 +28,7 @@ from extend.encoders.extension import plan_extension, trainable_problems
 from extend.encoders.positions import load_encoder
 from extend.encoders.report import write_report
 from extend.encoders.tasks import SYNTHETIC, special_tail
-from extend.encoders.train import fine_tune
+from extend.encoders.train import KeepShort, fine_tune
 from extend.models.loading import DTYPES, torch_dtype
 from extend.models.standalone import device_problems, resolve_device
 
@@ -80,6 +80,8 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     if cfg.train.steps and cfg.train.control and cfg.train.freeze_original_rows:
         problems.append("encoder.train.control with encoder.train.freeze_original_rows: the base's table holds only "
                         "original rows, so the control would train none of them; set encoder.train.control=false")
+    if cfg.train.keep_short_weight < 0:
+        problems.append(f"encoder.train.keep_short_weight: {cfg.train.keep_short_weight} must be >= 0 (0 = off)")
     if cfg.train.temperature <= 0:
         problems.append(f"encoder.train.temperature: {cfg.train.temperature} must be > 0")
     for folder in cfg.eval.local_sets:
@@ -129,12 +131,15 @@ def run_encoder(cfg: ExtendConfig) -> dict:
     if enc.train.steps:
         tuned = extension.build(base, path, enc.attn_implementation)
         t = enc.train
+        keep_short = KeepShort(base, reader(old), t.keep_short_weight, old) if t.keep_short_weight > 0 else None
         train_log = fine_tune(tuned, tokenizer, reader(enc.target_length), steps=t.steps, batch_size=t.batch_size,
                               lengths=t.lengths, learning_rate=t.learning_rate, temperature=t.temperature,
                               trainable=t.trainable, min_query_tokens=t.min_query_tokens, seed=t.seed,
                               pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every,
-                              frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None)
-        frozen = ", original rows frozen" if t.freeze_original_rows else ""
+                              frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None,
+                              keep_short=keep_short)
+        frozen = (", original rows frozen" if t.freeze_original_rows else "") + \
+            (f", short inputs held to the original (weight {t.keep_short_weight:g})" if t.keep_short_weight else "")
         final = Variant("fine-tuned", tuned, reader(enc.target_length), f"{extension.variant} x{factor:g}, then "
                         f"{t.steps} contrastive steps training {t.trainable}{frozen}")
         results.update(evaluate([final], sets, **score))
@@ -144,7 +149,8 @@ def run_encoder(cfg: ExtendConfig) -> dict:
             fine_tune(control, tokenizer, reader(old), steps=t.steps, batch_size=t.batch_size,
                       lengths=[min(n, old) for n in t.lengths], learning_rate=t.learning_rate,
                       temperature=t.temperature, trainable=t.trainable, min_query_tokens=t.min_query_tokens,
-                      seed=t.seed, pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every)
+                      seed=t.seed, pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every,
+                      keep_short=keep_short)
             variants.append(Variant("control", control, reader(old), f"the base model (truncating at {old}) "
                                     f"fine-tuned the same way at lengths <= {old}, without extension"))
             results.update(evaluate(variants[-1:], sets, **score))

@@ -60,6 +60,31 @@ def make_batch(tokenizer, lines: list[str], length: int, size: int, rng: random.
     return pairs
 
 
+@dataclass
+class KeepShort:
+    """A second loss that holds the embeddings of short inputs (at most `length` tokens) where the original
+    model put them: `weight` x mean cosine distance between the trained model's and `teacher`'s embedding of
+    the same text. The texts are windows of the training lines (never the evaluation sets)."""
+
+    teacher: PreTrainedModel
+    reader: Reader
+    weight: float
+    length: int
+
+
+def short_texts(tokenizer, lines: list[str], count: int, max_tokens: int, rng: random.Random,
+                prefixes: tuple[str, str]) -> list[list[int]]:
+    """`count` windows of consecutive lines, each cut to a random length of 8..max_tokens tokens (specials
+    included), alternately with the query and the passage prefix."""
+    texts = []
+    for i in range(count):
+        prefix = token_ids(tokenizer, prefixes[i % 2])
+        budget = rng.randint(8, max_tokens) - len(with_specials(tokenizer, [])) - len(prefix)
+        window = [t for ids in line_window(tokenizer, lines, rng.randrange(len(lines)), budget) for t in ids]
+        texts.append(with_specials(tokenizer, prefix + window[:max(budget, 1)]))
+    return texts
+
+
 def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of each query against all documents of the batch; its own document is the target."""
     logits = queries @ docs.T / temperature
@@ -69,8 +94,10 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float) -> t
 def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, batch_size: int,
               lengths: list[int], learning_rate: float, temperature: float, trainable: list[str],
               min_query_tokens: int, seed: int, pooling: str, prefixes: tuple[str, str] = ("", ""),
-              log_every: int = 10, frozen_rows: dict[str, torch.Tensor] | None = None) -> list[dict]:
-    """Train `model` in place; returns one log record per step (step, length, loss, seconds).
+              log_every: int = 10, frozen_rows: dict[str, torch.Tensor] | None = None,
+              keep_short: KeepShort | None = None) -> list[dict]:
+    """Train `model` in place; returns one log record per step (step, length, loss, seconds; keep: the
+    short-input distance when `keep_short` is given).
 
     `frozen_rows` maps a parameter name to row indices whose gradient is zeroed, so those rows stay exactly
     as they are (AdamW without weight decay moves nothing that never had a gradient)."""
@@ -98,15 +125,23 @@ def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, 
         q = forward(model, [p.query for p in pairs], reader, pad_id, pooling, normalize=True)
         d = forward(model, [p.doc for p in pairs], reader, pad_id, pooling, normalize=True)
         loss = info_nce(q, d, temperature)
+        record = {"step": step, "length": length, "loss": round(loss.item(), 4)}
+        if keep_short is not None:
+            texts = short_texts(tokenizer, lines, batch_size, keep_short.length, rng, prefixes)
+            with torch.no_grad():
+                target = forward(keep_short.teacher, texts, keep_short.reader, pad_id, pooling, normalize=True)
+            drift = (1 - (forward(model, texts, reader, pad_id, pooling, normalize=True) * target).sum(-1)).mean()
+            loss = loss + keep_short.weight * drift
+            record["keep"] = round(drift.item(), 5)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        record = {"step": step, "length": length, "loss": round(loss.item(), 4),
-                  "seconds": round(time.perf_counter() - start, 2)}
+        record["seconds"] = round(time.perf_counter() - start, 2)
         log.append(record)
         bar.set_postfix(length=length, loss=f"{record['loss']:.3f}")
         if step % log_every == 0 or step == steps:
-            tqdm.write(f"step {step} length {length} loss {record['loss']:.4f} {record['seconds']:.1f}s/step")
+            keep = f" short-input drift {record['keep']:.5f}" if "keep" in record else ""
+            tqdm.write(f"step {step} length {length} loss {record['loss']:.4f}{keep} {record['seconds']:.1f}s/step")
     for hook in hooks:
         hook.remove()
     for param in model.parameters():
