@@ -1,5 +1,6 @@
 """How an encoder reaches the target length, decided from its config before any weights load: a learned
-absolute position table is interpolated (positions.py), a RoPE encoder takes a position method (rotary.py)."""
+absolute position table is extended in the layout encoder.table names (positions.py), a RoPE encoder takes
+a position method (rotary.py)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def plan_extension(enc: EncoderConfig, rope: RopeConfig, config: PretrainedConfi
     family_of(config)  # one error for a model type with neither a table nor RoPE
     if rope != RopeConfig():
         raise ConfigError([f"rope.type={rope.type}: {config.model_type} encoders have a learned position table, "
-                           "extended by interpolation to encoder.target_length; remove the rope settings"])
+                           "extended to encoder.target_length as encoder.table says; remove the rope settings"])
     factor = check_target(config, enc.target_length)
     if enc.table == "interpolate":
         return Extension(original_length(config), enc.target_length, "interpolated",
