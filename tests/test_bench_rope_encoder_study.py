@@ -17,8 +17,8 @@ TINY_BASE = ["--base-length", "64", "--base-hidden", "32", "--base-layers", "2",
 def test_rope_encoder_study_runs_at_minimal_size(tmp_path, capsys):
     bench = importlib.import_module("bench.rope_encoder_study")
     args = ["--methods", "linear", "abf", "--tuned-methods", "linear", "--factor", "2", "--candidates", "3",
-            "--tune-steps", "1", "--tune-batch", "2", "--out", str(tmp_path / "study"), "--cache", str(tmp_path / "cache"),
-            *TINY_BASE]
+            "--tune-steps", "1", "--tune-batch", "2", "--out", str(tmp_path / "study"),
+            "--cache", str(tmp_path / "cache"), *TINY_BASE]
     record = bench.main(args)
     results = record["results"]
     assert list(results["variants"]) == ["no method (extrapolated)", "linear", "abf"]
@@ -39,7 +39,7 @@ def test_rope_encoder_study_runs_at_minimal_size(tmp_path, capsys):
     # A rerun finds the base by its settings and does not train it again.
     base = tmp_path / "cache" / f"rope-encoder-base-{saved['base']['fingerprint']}"
     stamp = (base / "model.safetensors").stat().st_mtime_ns
-    again = bench.main([*args[:2], "linear", "--tuned-methods", "--no-extrapolation", *args[5:]])
+    again = bench.main([*args[:2], "--tuned-methods", "--no-extrapolation", *args[5:]])
     assert (base / "model.safetensors").stat().st_mtime_ns == stamp
     assert again["results"]["original"] == results["original"]
 
