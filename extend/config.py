@@ -414,7 +414,7 @@ class EncoderTrainConfig:
 class EncoderEvalConfig:
     """LongEmbed-style retrieval (extend/encoders/tasks.py): synthetic sets per length, plus local sets."""
 
-    # Registered synthetic tasks: passkey, needle.
+    # Registered synthetic tasks: passkey, needle, line (the fine-tuning task on held-out text).
     tasks: list[str] = field(default_factory=lambda: ["passkey", "needle"])
     # Document lengths in tokens (special tokens included); each must be <= encoder.target_length.
     lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])

@@ -22,7 +22,7 @@ from extend.encoders.encode import Reader, embed
 from extend.encoders.eval import ndcg_at_1
 from extend.encoders.export import save_encoder
 from extend.encoders.run import check_encoder, model_path, run_encoder
-from extend.encoders.tasks import local_set, needle, passkey
+from extend.encoders.tasks import line, local_set, needle, passkey
 from extend.encoders.train import fine_tune
 
 ORIGINAL = 64
@@ -134,7 +134,7 @@ def test_export_reloads_in_stock_transformers_with_the_new_length(tmp_path, toke
 
 
 def test_synthetic_sets_have_exact_lengths_one_needle_each_and_are_seeded(tokenizer):
-    for make in (passkey, needle):
+    for make in (passkey, needle, line):
         data = make(tokenizer, 300, 5, seed=7)
         assert [len(d) for d in data.docs] == [300] * 5 and len(data.queries) == 5
         assert data.relevant == [{i} for i in range(5)]
@@ -144,6 +144,21 @@ def test_synthetic_sets_have_exact_lengths_one_needle_each_and_are_seeded(tokeni
     keys = [re.search(r"\d{5}", tokenizer.decode(q)).group() for q in passkey(tokenizer, 300, 5, seed=7).queries]
     assert len(set(keys)) == 5
     assert all(sum(key in t for t in text) == 1 and key in text[i] for i, key in enumerate(keys))
+
+
+def test_line_documents_share_one_window_and_differ_in_the_inserted_line(tokenizer):
+    data = line(tokenizer, 200, 6, seed=3)
+    windows = []
+    for i, query in enumerate(data.queries):
+        inserted = query[1:-1]  # without [CLS] and [SEP]
+        assert 8 <= len(inserted) <= 48
+        starts = [[k for k in range(len(d)) if d[k:k + len(inserted)] == inserted] for d in data.docs]
+        assert [len(s) for s in starts] == [int(j == i) for j in range(6)]  # in its own document only
+        doc = data.docs[i][1:-1]
+        k = starts[i][0] - 1
+        windows.append(doc[:k] + doc[k + len(inserted):])
+    longest = max(windows, key=len)
+    assert all(w == longest[:len(w)] for w in windows)  # one haystack, cut to fit each line's length
 
 
 def test_e5_prefixes_count_towards_the_length(tokenizer):

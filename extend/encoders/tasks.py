@@ -10,6 +10,10 @@ per document, whose only relevant document is that one:
 - needle: a window of held-out Python standard-library text (a different window per document) with one
   fact "The secret <thing> of <place> is <value>." inside; query: "What is the secret <thing> of <place>?"
   Every document holds a different (thing, place) pair, so the haystack alone never identifies it.
+- line: the fine-tuning task (train.py) on held-out text: one window of held-out standard-library lines
+  shared by every document, each with a different held-out line inserted at a random line boundary; query:
+  that line. Not LongEmbed's; in-domain for a model trained with encoder.train, it measures whether an
+  extension keeps what that training taught (bench/rope_encoder_study.py).
 
 Documents are built from token ids (sentences tokenised one by one and concatenated, which for WordPiece
 equals tokenising the whole text), so every document has exactly the target length.
@@ -149,8 +153,30 @@ def needle(tokenizer, length: int, candidates: int, seed: int, prefixes: tuple[s
     return RetrievalSet("needle", queries, docs, [{i} for i in range(candidates)], length)
 
 
+def line(tokenizer, length: int, candidates: int, seed: int, prefixes: tuple[str, str] = ("", ""),
+         min_tokens: int = 8, max_tokens: int = 48) -> RetrievalSet:
+    """The fine-tuning task (train.make_batch) on held-out text: every document is the same window of
+    held-out standard-library lines with a different held-out line (min_tokens..max_tokens tokens, found
+    nowhere in the window) inserted at its own random line boundary; the query is that line. In-domain for
+    a model trained with encoder.train, so it measures whether an extension keeps what training taught."""
+    query_prefix, doc_prefix = token_ids(tokenizer, prefixes[0]), token_ids(tokenizer, prefixes[1])
+    rng = random.Random(seed)
+    lines = haystack_lines("heldout")
+    hay = line_window(tokenizer, lines, rng.randrange(len(lines)), length)
+    taken = {tuple(ids) for ids in hay}
+    needles: list[list[int]] = []
+    while len(needles) < candidates:
+        ids = token_ids(tokenizer, lines[rng.randrange(len(lines))])
+        if min_tokens <= len(ids) <= max_tokens and tuple(ids) not in taken:
+            taken.add(tuple(ids))
+            needles.append(ids)
+    docs = [_document(tokenizer, hay, ids, length, rng.random(), doc_prefix) for ids in needles]
+    queries = [with_specials(tokenizer, query_prefix + ids) for ids in needles]
+    return RetrievalSet("line", queries, docs, [{i} for i in range(candidates)], length)
+
+
 # task name -> generator(tokenizer, length, candidates, seed)
-SYNTHETIC: dict[str, Callable[..., RetrievalSet]] = {"passkey": passkey, "needle": needle}
+SYNTHETIC: dict[str, Callable[..., RetrievalSet]] = {"passkey": passkey, "needle": needle, "line": line}
 
 
 LOCAL_FILES = ("corpus.jsonl", "queries.jsonl", "qrels.jsonl")
