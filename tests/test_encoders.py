@@ -21,6 +21,7 @@ from extend.encoders import check_target, extend_encoder, family_of, interpolate
 from extend.encoders.encode import Reader, embed
 from extend.encoders.eval import ndcg_at_1
 from extend.encoders.export import save_encoder
+from extend.encoders.report import paired_difference
 from extend.encoders.run import check_encoder, model_path, run_encoder
 from extend.encoders.tasks import line, local_set, needle, passkey
 from extend.encoders.train import fine_tune
@@ -173,6 +174,20 @@ def test_ndcg_at_1_counts_ties_as_a_random_pick():
     assert ndcg_at_1(scores, [{0}, {1}, {0}]) == pytest.approx((1 + 0.5 + 0) / 3)
 
 
+def test_paired_difference_counts_queries_and_brackets_the_mean():
+    base = [1.0, 0.0, 1.0, 0.0, 0.5] * 20
+    same = paired_difference(base, base)
+    assert (same.mean, same.low, same.high, same.better, same.worse, same.n) == (0.0, 0.0, 0.0, 0, 0, 100)
+    # 30 queries gain 1, 10 lose 1, the rest tie: mean +0.2, and a 95 % interval around it that excludes 0.
+    other = [1.0] * 30 + [0.0] * 10 + [0.5] * 60
+    d = paired_difference([0.0] * 30 + [1.0] * 10 + [0.5] * 60, other)
+    assert (d.better, d.worse, d.n) == (30, 10, 100) and d.mean == pytest.approx(0.2)
+    assert 0.0 < d.low < 0.2 < d.high < 0.4
+    assert paired_difference(base, other, seed=3) != paired_difference(base, other, seed=4)  # resamples drawn
+    with pytest.raises(ValueError, match="same non-empty"):
+        paired_difference([1.0], [1.0, 0.0])
+
+
 def test_local_set_from_jsonl_files(tmp_path, tokenizer):
     rows = {"corpus.jsonl": [{"id": "d1", "text": "cats purr"}, {"id": "d2", "text": "dogs bark"}],
             "queries.jsonl": [{"id": "q1", "text": "which animal barks"}],
@@ -229,7 +244,11 @@ def test_small_end_to_end_run_on_real_minilm(tmp_path):
     cells = saved["results"]["original"]["passkey"]
     assert set(cells) == {"128", "640"} and cells["640"]["read_length"] == 512 and cells["640"]["n"] == 4
     assert all(0 <= c["value"] <= 1 for v in saved["results"].values() for t in v.values() for c in t.values())
-    assert "| 640 |" in (out / "report.md").read_text()
+    assert all(len(c["per_query"]) == c["n"] and sum(c["per_query"]) / c["n"] == pytest.approx(c["value"], abs=1e-4)
+               for v in saved["results"].values() for t in v.values() for c in t.values())
+    report = (out / "report.md").read_text()
+    assert "| 640 |" in report and "## Against the original model, query by query" in report
+    assert "| fine-tuned | synthetic > 512 (8) |" in report and "| control | synthetic <= 512 (8) |" in report
     assert json.loads((out / "final" / "config.json").read_text())["max_position_embeddings"] == 1024
 
 

@@ -24,13 +24,19 @@ TIE_TOLERANCE = 1e-6
 BUILT_IN_SETS: dict[str, Callable[[], tuple[list[dict], list[dict], list[dict]]]] = {DOCSTRINGS: docstring_set}
 
 
-def ndcg_at_1(scores: torch.Tensor, relevant: list[set[int]]) -> float:
-    """Mean nDCG@1 over queries; scores is (queries, documents)."""
-    total = 0.0
+def ndcg_at_1_per_query(scores: torch.Tensor, relevant: list[set[int]]) -> list[float]:
+    """nDCG@1 of each query; scores is (queries, documents)."""
+    values = []
     for row, rel in zip(scores, relevant):
         top = (row >= row.max() - TIE_TOLERANCE).nonzero().flatten().tolist()
-        total += sum(1 for d in top if d in rel) / len(top)
-    return total / len(relevant)
+        values.append(sum(1 for d in top if d in rel) / len(top))
+    return values
+
+
+def ndcg_at_1(scores: torch.Tensor, relevant: list[set[int]]) -> float:
+    """Mean nDCG@1 over queries; scores is (queries, documents)."""
+    values = ndcg_at_1_per_query(scores, relevant)
+    return sum(values) / len(values)
 
 
 @dataclass
@@ -44,10 +50,12 @@ class Variant:
 
 
 def score_set(variant: Variant, data: RetrievalSet, pad_id: int, pooling: str, normalize: bool,
-              batch_size: int) -> float:
+              batch_size: int) -> list[float]:
+    """nDCG@1 of every query of `data`, in the set's query order (the same for every variant, so two
+    variants can be compared query by query)."""
     docs = embed(variant.model, data.docs, variant.reader, pad_id, pooling, normalize, batch_size)
     queries = embed(variant.model, data.queries, variant.reader, pad_id, pooling, normalize, batch_size)
-    return ndcg_at_1(queries @ docs.T, data.relevant)
+    return ndcg_at_1_per_query(queries @ docs.T, data.relevant)
 
 
 def build_sets(tokenizer, tasks: list[str], lengths: list[int], candidates: int, seed: int,
@@ -67,15 +75,16 @@ def cell_seed(seed: int, task: str, length: int) -> int:
 
 def evaluate(variants: list[Variant], sets: list[RetrievalSet], pad_id: int, pooling: str, normalize: bool,
              batch_size: int) -> dict[str, dict[str, dict[str, dict]]]:
-    """variant -> set name -> length ("all" for a local set) -> {"value": nDCG@1, "n": queries, ...}."""
+    """variant -> set name -> length ("all" for a local set) -> {"value": nDCG@1, "n": queries, ...,
+    "per_query": each query's nDCG@1}."""
     results: dict[str, dict[str, dict[str, dict]]] = {}
     steps = tqdm([(v, s) for v in variants for s in sets], desc="encoder eval", unit="set")
     for variant, data in steps:
         steps.set_postfix_str(f"{variant.name} {data.name}@{data.length}")
-        value = score_set(variant, data, pad_id, pooling, normalize, batch_size)
-        cell = {"value": round(value, 4), "n": len(data.queries), "candidates": len(data.docs),
+        per_query = score_set(variant, data, pad_id, pooling, normalize, batch_size)
+        cell = {"value": round(sum(per_query) / len(per_query), 4), "n": len(data.queries), "candidates": len(data.docs),
                 "length": data.length if data.length is not None else max(len(d) for d in data.docs),
-                "read_length": variant.reader.max_length}
+                "read_length": variant.reader.max_length, "per_query": [round(v, 4) for v in per_query]}
         results.setdefault(variant.name, {}).setdefault(data.name, {})[
             str(data.length) if data.length is not None else "all"] = cell
     return results
