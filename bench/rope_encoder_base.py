@@ -2,8 +2,9 @@
 
 Two stages, both at the base's length L and on the standard-library files the evaluation never reads:
 
-1. masked-language-model pretraining (`mlm_steps`; BERT's 80/10/10 corruption of `mask_rate` of the
-   tokens, warm-up then cosine decay), as ModernBERT and every embedder built on it were made first;
+1. masked-language-model pretraining (`mlm_steps`; transformers' DataCollatorForLanguageModeling corrupts
+   `mask_rate` of the tokens as BERT did, 80 % [MASK] / 10 % random / 10 % kept; warm-up then cosine
+   decay), as ModernBERT and every embedder built on it were made first;
 2. the project's contrastive fine-tune (extend/encoders/train.py `fine_tune`: InfoNCE, in-batch hard
    negatives that share one haystack), every weight trained, mean pooling.
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, ModernBertConfig, ModernBertForMaskedLM
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling, ModernBertConfig, ModernBertForMaskedLM
 
 from extend.encoders.encode import Reader
 from extend.encoders.run import model_path
@@ -57,6 +58,9 @@ class BaseRecipe:
     mlm_batch: int = 16
     mlm_lr: float = 2e-3
     mask_rate: float = 0.15
+    # How masked-LM inputs are corrupted; part of the hash, so a base built by the earlier hand-written
+    # masking (random tokens drawn past [unused]) is not reused for this one.
+    masking: str = "DataCollatorForLanguageModeling"
     steps: int = 600
     batch_size: int = 16
     lr: float = 5e-4
@@ -122,21 +126,14 @@ def build_base(recipe: BaseRecipe, folder: Path) -> dict:
 
 
 def mlm_batch(stream: list[int], tokenizer, recipe: BaseRecipe, rng: random.Random,
-              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mlm_batch` windows of L tokens ([CLS] text [SEP]) and their labels: `mask_rate` of the text tokens
-    are predicted; of those 80 % read [MASK], 10 % a random token, 10 % themselves (Devlin et al., 2019)."""
+              collator: DataCollatorForLanguageModeling) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mlm_batch` windows of L tokens ([CLS] text [SEP]) from random places in `stream`, corrupted by
+    `collator` (special tokens are never masked); returns (inputs, labels with -100 where nothing is
+    predicted)."""
     width = recipe.length - 2
     starts = [rng.randrange(len(stream) - width) for _ in range(recipe.mlm_batch)]
     ids = torch.tensor([with_specials(tokenizer, stream[s:s + width]) for s in starts])
-    chosen = torch.rand(ids.shape, generator=gen) < recipe.mask_rate
-    chosen[:, 0] = chosen[:, -1] = False
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    draw = torch.rand(ids.shape, generator=gen)
-    inputs = ids.clone()
-    inputs[chosen & (draw < 0.8)] = tokenizer.mask_token_id
-    swap = chosen & (draw >= 0.8) & (draw < 0.9)
-    inputs[swap] = torch.randint(999, tokenizer.vocab_size, (int(swap.sum()),), generator=gen)  # past [unused]
-    return inputs, labels
+    return collator.torch_mask_tokens(ids)
 
 
 def pretrain_mlm(mlm: ModernBertForMaskedLM, tokenizer, recipe: BaseRecipe) -> list[float]:
@@ -145,7 +142,8 @@ def pretrain_mlm(mlm: ModernBertForMaskedLM, tokenizer, recipe: BaseRecipe) -> l
         return []
     lines = haystack_lines("training")
     stream = [t for ids in tokenizer(lines, add_special_tokens=False)["input_ids"] for t in ids]  # batched: fast
-    rng, gen = random.Random(recipe.seed), torch.Generator().manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=recipe.mask_rate, seed=recipe.seed)
     optimizer = torch.optim.AdamW(mlm.parameters(), lr=recipe.mlm_lr, weight_decay=0.01)
     warmup = max(recipe.mlm_steps // 16, 1)
     mlm.eval()  # no dropout in this config; eval keeps the CPU attention kernel fast (see train.fine_tune)
@@ -156,7 +154,7 @@ def pretrain_mlm(mlm: ModernBertForMaskedLM, tokenizer, recipe: BaseRecipe) -> l
         decay = 0.1 + 0.45 * (1 + math.cos(math.pi * step / recipe.mlm_steps))
         for group in optimizer.param_groups:
             group["lr"] = recipe.mlm_lr * min(1.0, step / warmup) * decay
-        inputs, labels = mlm_batch(stream, tokenizer, recipe, rng, gen)
+        inputs, labels = mlm_batch(stream, tokenizer, recipe, rng, collator)
         loss = mlm(input_ids=inputs, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

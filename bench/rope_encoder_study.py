@@ -18,7 +18,7 @@ and after the same short contrastive fine-tune.
 Metric: nDCG@1 on passkey, needle and line (extend/encoders/tasks.py) at L, 2L, 4L, --candidates documents
 per cell. Writes DIR/results.json and DIR/table.md, prints the table; the runs' folders go to DIR/runs/.
 
-Measured with the defaults (one CPU thread, 14 min 35 s from an empty cache; the table and its reading):
+Measured with the defaults (one CPU thread, 12 min 39 s from an empty cache; the table and its reading):
 README, "RoPE encoders: a tiny ModernBERT (measured)".
 """
 
