@@ -19,7 +19,7 @@ from transformers import (AutoTokenizer, BertConfig, BertModel, LlamaConfig, Mis
 from extend.config import ConfigError, EncoderConfig, ExtendConfig
 from extend.encoders import check_target, extend_encoder, family_of, interpolate_table, mapped_position_ids
 from extend.encoders.encode import Reader, embed
-from extend.encoders.eval import ndcg_at_1
+from extend.encoders.eval import ndcg_at_1_per_query
 from extend.encoders.export import save_encoder
 from extend.encoders.report import paired_difference
 from extend.encoders.run import check_encoder, model_path, run_encoder
@@ -171,7 +171,7 @@ def test_e5_prefixes_count_towards_the_length(tokenizer):
 
 def test_ndcg_at_1_counts_ties_as_a_random_pick():
     scores = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.1], [0.3, 0.8, 0.8]])
-    assert ndcg_at_1(scores, [{0}, {1}, {0}]) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert ndcg_at_1_per_query(scores, [{0}, {1}, {0}]) == [1.0, 0.5, 0.0]
 
 
 def test_paired_difference_counts_queries_and_brackets_the_mean():

@@ -33,12 +33,6 @@ def ndcg_at_1_per_query(scores: torch.Tensor, relevant: list[set[int]]) -> list[
     return values
 
 
-def ndcg_at_1(scores: torch.Tensor, relevant: list[set[int]]) -> float:
-    """Mean nDCG@1 over queries; scores is (queries, documents)."""
-    values = ndcg_at_1_per_query(scores, relevant)
-    return sum(values) / len(values)
-
-
 @dataclass
 class Variant:
     """One model as it is evaluated: a name for the report, the weights, and how it reads inputs."""
