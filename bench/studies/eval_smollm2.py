@@ -1,6 +1,6 @@
 """Does training-free scaling keep SmolLM2-135M-Instruct (trained at 8192 positions) working past 8k?
 
-    nice python -m bench.studies.eval_smollm2                       # the measured run in extend/eval/README.md
+    nice python -m bench.studies.eval_smollm2                       # the measured run in results/eval_smollm2/
     python -m bench.studies.eval_smollm2 --model DIR --tokenizer DIR --lengths 32 64 128   # any folder, any size
 
 Perplexity (sliding windows over the largest Python standard-library modules) and passkey retrieval at
