@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 9, as one prepared script for a lent GPU machine (15 minutes of device time in
-# all, start-up included; this takes about 5-8 on an H200).
+# The GPU benchmark: ours against Trainer + peft LoRA on one GPU, as one script (about 5-8 minutes on an
+# H200-class GPU, start-up included).
 #
 #   bash bench/gpu.sh [OUT_DIR]            # on the GPU machine, from the repository root
 #
-# Through the device tool: run(command="bash bench/gpu.sh $OUT", carry=[".whl"], timeout_s=600). The
-# machine has torch, transformers, peft and accelerate but not hydra-core, omegaconf or datasets; carry
-# them as wheels in .whl/ (/work/.library/device/README.md; the list to download is printed below when
-# something is missing). Measures, for a randomly initialised TinyLlama-1.1B-shaped Llama in bf16 with LoRA:
-# training tokens/s, MFU (formula in bench/gpu_benchmark.py) and peak memory at 4k, 16k and 32k tokens,
-# ours against Trainer + peft, and that RoPE angles stay float32 under bf16. Writes OUT_DIR/gpu.json and
-# OUT_DIR/gpu.log (default bench/results).
+# Needs torch (CUDA), transformers, peft, accelerate, hydra-core, omegaconf and datasets. On a machine
+# without network access, put the missing ones as wheels in .whl/ (the download command is printed below
+# when something is missing); they are installed into a temporary folder for this run only. Measures, for
+# a randomly initialised TinyLlama-1.1B-shaped Llama in bf16 with LoRA: training tokens/s, MFU (formula in
+# bench/studies/gpu_benchmark.py) and peak memory at 4k, 16k and 32k tokens, ours against Trainer + peft,
+# and that RoPE angles stay float32 under bf16. Writes OUT_DIR/gpu.json and OUT_DIR/gpu.log (default
+# results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-bench/results}"
+out="${1:-results/gpu}"
 mkdir -p "$out"
 python=${PYTHON:-python3}
 
 if compgen -G ".whl/*.whl" > /dev/null; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    site="$(mktemp -d)"
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
@@ -41,5 +42,5 @@ fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     "$python" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-    "$python" -m bench.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
+    "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
 } 2>&1 | tee "$out/gpu.log"

@@ -1,8 +1,8 @@
-"""Smoke test of bench/eval_smollm2.py at minimal size: a tiny random checkpoint instead of SmolLM2."""
+"""Smoke test of bench/studies/eval_smollm2.py at minimal size: a tiny random checkpoint instead of SmolLM2."""
 
 import json
 
-from bench.eval_smollm2 import main
+from bench.studies.eval_smollm2 import main
 from extend.eval.schema import validate
 from tests.eval_helpers import make_tokenizer, save_tiny_checkpoint
 
@@ -17,4 +17,6 @@ def test_bench_runs_every_method_and_writes_the_table(tmp_path):
     assert all(cell.endswith("/1") for r in rows[2:] for cell in r.strip("| ").split(" | ")[2:])
     for task in ("perplexity", "passkey"):
         assert validate(json.loads((tmp_path / "out" / task / "eval.json").read_text())) == []
+        for name in ("eval.json", "report.md"):  # committed results name the model, never this machine's paths
+            assert str(tmp_path) not in (tmp_path / "out" / task / name).read_text()
     assert (tmp_path / "out" / "table.md").read_text().strip() == table

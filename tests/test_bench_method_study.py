@@ -1,4 +1,4 @@
-"""Smoke test of bench/method_study.py at minimal size: two methods, two seeds, a saved tiny base."""
+"""Smoke test of bench/studies/method_study.py at minimal size: two methods, two seeds, a saved tiny base."""
 
 import importlib
 import json
@@ -11,7 +11,7 @@ from extend.models.tokenizer import load_tokenizer
 def test_method_study_runs_at_minimal_size(tmp_path, capsys):
     base = tmp_path / "base"
     build_random(load_base_config(ModelConfig(name_or_path="tiny-llama"), tokenizer=load_tokenizer("tiny")), seed=0).save_pretrained(base)
-    bench = importlib.import_module("bench.method_study")
+    bench = importlib.import_module("bench.studies.method_study")
     small = ["model=hf", f"model.name_or_path={base}", "eval.tokenizer=tiny", "data=stdlib", "data.sources.stdlib.max_documents=24",
              "curriculum.tokens_per_step=512", "curriculum.stages=[{length: 64, steps: 2}, {length: 128, steps: 2}]",
              "eval.lengths=[128]", "eval.items_per_cell=1", "eval.depths=[0.5]", "eval.perplexity.max_windows=1",
@@ -26,6 +26,6 @@ def test_method_study_runs_at_minimal_size(tmp_path, capsys):
     linear = results["linear"]["fine_tuned"]
     assert linear[0]["perplexity"][128] != linear[1]["perplexity"][128]
     saved = json.loads((tmp_path / "study" / "results.json").read_text())
-    assert saved["command"].startswith("python -m bench.method_study --methods linear yarn --seeds 0 1")
+    assert saved["command"].startswith("python -m bench.studies.method_study --methods linear yarn --seeds 0 1")
     assert (tmp_path / "study" / "method_study.png").stat().st_size > 0
     assert "| linear | fine-tuned (2 seeds) |" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Smoke test of bench/rope_encoder_study.py at minimal size: a two-step base, two methods through the real
+"""Smoke test of bench/studies/rope_encoder_study.py at minimal size: a two-step base, two methods through the real
 pipeline (one fine-tuned, with the control), plain extrapolation, the written files, and the cached base
 reused by a second run."""
 
@@ -15,7 +15,7 @@ TINY_BASE = ["--base-length", "64", "--base-hidden", "32", "--base-layers", "2",
 
 
 def test_rope_encoder_study_runs_at_minimal_size(tmp_path, capsys):
-    bench = importlib.import_module("bench.rope_encoder_study")
+    bench = importlib.import_module("bench.studies.rope_encoder_study")
     args = ["--methods", "linear", "abf", "--tuned-methods", "linear", "--factor", "2", "--candidates", "3",
             "--tune-steps", "1", "--tune-batch", "2", "--out", str(tmp_path / "study"),
             "--cache", str(tmp_path / "cache"), *TINY_BASE]
@@ -32,7 +32,9 @@ def test_rope_encoder_study_runs_at_minimal_size(tmp_path, capsys):
     assert run_config["rope_parameters"]["full_attention"]["rope_theta"] == 160.0 * 4
     assert run_config["rope_parameters"]["sliding_attention"]["rope_theta"] == 10000.0
     saved = json.loads((tmp_path / "study" / "results.json").read_text())
-    assert saved["command"].startswith("python -m bench.rope_encoder_study --methods linear abf")
+    assert str(tmp_path) not in (tmp_path / "study" / "results.json").read_text()
+    assert saved["base"]["folder"] == f"rope-encoder-base-{saved['base']['fingerprint']}"
+    assert saved["command"].startswith("python -m bench.studies.rope_encoder_study --methods linear abf")
     table = (tmp_path / "study" / "table.md").read_text()
     assert "| (c) linear + fine-tune |" in table and "| (b) abf, training-free |" in table
     assert "| (a) original, truncating at 64 |" in capsys.readouterr().out
@@ -45,7 +47,7 @@ def test_rope_encoder_study_runs_at_minimal_size(tmp_path, capsys):
 
 
 def test_bad_methods_fail_before_the_base_is_built(tmp_path):
-    bench = importlib.import_module("bench.rope_encoder_study")
+    bench = importlib.import_module("bench.studies.rope_encoder_study")
     with pytest.raises(ConfigError, match="--tuned-methods: yarn is not in --methods"):
         bench.main(["--methods", "linear", "--tuned-methods", "yarn", "--cache", str(tmp_path), *TINY_BASE])
     assert not list(tmp_path.iterdir())

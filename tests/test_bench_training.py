@@ -6,7 +6,7 @@ TINY = ["--hidden", "64", "--vocab", "4096"]
 
 
 def test_train_throughput_runs_at_minimal_size(capsys):
-    bench = importlib.import_module("bench.train_throughput")
+    bench = importlib.import_module("bench.studies.train_throughput")
     result = bench.main(["--length", "128", "--steps", "2", "--rounds", "1", *TINY])
     assert {len(result["runs"][s]) for s in ("ours", "baseline")} == {1}
     assert all(r["tokens_per_s"] > 0 and r["steps"] == 2 for rs in result["runs"].values() for r in rs)
@@ -15,7 +15,7 @@ def test_train_throughput_runs_at_minimal_size(capsys):
 
 
 def test_memory_scaling_runs_at_minimal_size(capsys):
-    bench = importlib.import_module("bench.memory_scaling")
+    bench = importlib.import_module("bench.studies.memory_scaling")
     result = bench.main(["--lengths", "128", *TINY])
     row = result["table"][128]
     assert row["ours"]["length"] == 128 and row["baseline"]["length"] == 128
@@ -27,7 +27,7 @@ def test_gpu_benchmark_runs_at_minimal_size_on_cpu(tmp_path, capsys):
     """bench/gpu.sh's Python side on CPU with the smoke shape: both systems at one length, MFU from the
     stated formula, and the RoPE check (float32 angles under bf16 autocast: error at bf16 rounding, where
     bf16 angles would be off by radians)."""
-    bench = importlib.import_module("bench.gpu_benchmark")
+    bench = importlib.import_module("bench.studies.gpu_benchmark")
     shape = bench.SHAPES["smoke"]
     # The formula's N by hand: per layer q, o (64x64), k, v (64x32), three 64x128 MLP matrices; lm_head 64x4096.
     assert bench.linear_parameters(shape) == 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 64 * 4096

@@ -1,10 +1,10 @@
-"""Smoke test of bench/data_prep.py at minimal size: every pipeline runs and reports sane numbers."""
+"""Smoke test of bench/studies/data_prep.py at minimal size: every pipeline runs and reports sane numbers."""
 
 import importlib
 
 
 def test_bench_runs_at_minimal_size(request, capsys):
-    bench = importlib.import_module("bench.data_prep")
+    bench = importlib.import_module("bench.studies.data_prep")
     cache = str(request.config.cache.mkdir("extend-cache"))
     results = bench.main(["--max-files", "12", "--length", "128", "--repeats", "1", "--cache-dir", cache])
     table = capsys.readouterr().out

@@ -77,7 +77,7 @@ def test_readme_documents_every_schema_key():
     from extend.config import REPO_ROOT
     from extend.eval.schema import CELL, CONDITION, EVAL_JSON, ITEM, TASK_RESULT
 
-    section = (REPO_ROOT / "extend/eval/README.md").read_text().split("## eval.json")[1].split("\n## ")[0]
+    section = (REPO_ROOT / "docs/evaluation.md").read_text().split("## eval.json")[1].split("\n## ")[0]
     for spec in (EVAL_JSON, CONDITION, TASK_RESULT, CELL, ITEM):
         for key in spec:
             assert f"`{key}`" in section, key

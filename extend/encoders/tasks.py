@@ -13,7 +13,7 @@ per document, whose only relevant document is that one:
 - line: the fine-tuning task (train.py) on held-out text: one window of held-out standard-library lines
   shared by every document, each with a different held-out line inserted at a random line boundary; query:
   that line. Not LongEmbed's; in-domain for a model trained with encoder.train, it measures whether an
-  extension keeps what that training taught (bench/rope_encoder_study.py).
+  extension keeps what that training taught (bench/studies/rope_encoder_study.py).
 
 Documents are built from token ids (sentences tokenised one by one and concatenated, which for WordPiece
 equals tokenising the whole text), so every document has exactly the target length.

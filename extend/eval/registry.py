@@ -4,7 +4,7 @@ A task is split in two so that everything cheap happens before any model is load
 compared model sees exactly the same items:
 - `prepare(tokenizer, cfg, max_lengths)` builds the items (or perplexity windows) once;
 - `run(model, tokenizer, prepared, cfg, served_length)` scores one model on them and returns the
-  task's block of eval.json (see extend/eval/README.md for its schema).
+  task's block of eval.json (see docs/evaluation.md for its schema).
 """
 
 from __future__ import annotations

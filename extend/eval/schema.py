@@ -1,4 +1,4 @@
-"""The schema of eval.json, as data, and a validator for it (documented in extend/eval/README.md).
+"""The schema of eval.json, as data, and a validator for it (documented in docs/evaluation.md).
 
 A spec is a Python type (or tuple of types), a dict of `key -> (spec, required)`, `{"*": spec}` for a
 mapping with free keys, or `[spec]` for a list of such values.

@@ -1,0 +1,181 @@
+"""Every position method on the tiny base, training-free and after the same short fine-tune, over seeds.
+
+    python -m bench.studies.method_study [--methods linear yarn ...] [--seeds 0 1 2] [--factor 8] [--out DIR]
+                                 [-- extra Hydra overrides]
+
+For each method (conf/rope/<method>.yaml with rope.factor=--factor, its other parameters at their
+defaults, `truncated` with truncation_length 16; `longrope` is left out of the default list because its per-dimension factors come from a search
+this project does not run: pass it with `-- rope.short_factor=[...] rope.long_factor=[...]`) and the tiny recipe (base trained at 128 tokens, extension data and curriculum up to 1024):
+
+- no training: the tiny base with the method applied at load time, evaluated once (the items are fixed);
+- fine-tuned: recipe=tiny with that method, once per seed, where the seed draws both the training seed and
+  the data seed (a separate dataset per seed, shared by all methods), so seeds differ in what is trained on.
+  The fine-tune is half the recipe's (STUDY_CURRICULUM: 20 steps at 512 and 80 at 1024, same schedule), so
+  27 runs fit well under an hour on 2 CPU cores.
+
+Every run is evaluated by extend.eval (eval=tiny: held-out perplexity and passkey at 128-1024 tokens, the
+same items for all). Writes DIR/results.json, DIR/table.md (mean and spread over seeds) and
+DIR/method_study.png (rewritten after every method, so an interrupted study keeps what it measured), and
+prints the table. Every method's config is validated before anything runs. Extra overrides after `--` go to
+every run (e.g. to shrink it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import extend  # noqa: F401  (registers entropy_abf)
+from extend.config import CONF_DIR, REPO_ROOT, ExtendConfig
+from extend.eval import run_eval
+from extend.config import ConfigError
+from extend.models import load_base_config
+from extend.rope import METHODS, resolve_rope
+from extend.train import train
+
+TASKS = ("perplexity", "passkey")
+# Methods that need more than a factor (LongRoPE's searched per-dimension factors) are opt-in.
+DEFAULT_METHODS = [m for m in METHODS if m != "longrope"]
+# Parameters a method needs besides the factor, for the tiny base's 128 trained tokens.
+METHOD_OVERRIDES = {"truncated": ["rope.truncation_length=16"]}  # the original length / 8, as conf/rope suggests
+# The study's fine-tune: recipe=tiny's curriculum (conf/curriculum/tiny.yaml) at half the steps.
+STUDY_CURRICULUM = "curriculum.stages=[{length: 512, steps: 20}, {length: 1024, steps: 80}]"
+
+
+def rope_overrides(method: str, factor: float) -> list[str]:
+    return [f"rope={method}", f"rope.factor={factor}", *METHOD_OVERRIDES.get(method, [])]
+
+
+def composed(*overrides: str) -> ExtendConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_object(compose("config", overrides=list(overrides)))
+
+
+def by_length(eval_json: dict) -> dict[str, dict[int, float]]:
+    """{task: {length: value}} of the single model an eval.json holds."""
+    (results,) = eval_json["results"].values()
+    return {task: {int(k): c["value"] for k, c in results[task]["by_length"].items()} for task in TASKS}
+
+
+def check_methods(methods: list[str], factor: float, extra: list[str]) -> None:
+    """Every method's rope config against the base, before any run: one error listing every problem."""
+    problems = []
+    for method in methods:
+        cfg = composed("recipe=tiny", *rope_overrides(method, factor), *extra)
+        try:
+            resolve_rope(cfg.rope, load_base_config(cfg.model))
+        except ConfigError as err:
+            problems += [f"{method}: {p}" for p in err.problems]
+    if problems:
+        raise ConfigError(problems)
+
+
+def no_training(method: str, factor: float, out: Path, extra: list[str]) -> dict[str, dict[int, float]]:
+    cfg = composed("recipe=tiny", *rope_overrides(method, factor), "eval.comparisons=[]",
+                   f"eval.output_dir={out}", f"eval.name='{method} x{factor:g} (no training)'", *extra)
+    return by_length(run_eval(cfg))
+
+
+def fine_tuned(method: str, factor: float, seed: int, root: Path, extra: list[str]) -> dict[str, dict[int, float]]:
+    run = root / f"{method}-seed{seed}"
+    cfg = composed("recipe=tiny", *rope_overrides(method, factor), f"seed={seed}", f"data.seed={seed}",
+                   f"data.output_dir={root / f'data-seed{seed}'}", f"output_dir={run}", f"run_name={method}-seed{seed}",
+                   "eval.comparisons=[]", f"eval.name='{method} x{factor:g} fine-tuned (seed {seed})'",
+                   "train.checkpoint_every=0", "train.tracker=none", STUDY_CURRICULUM, *extra)
+    final = train(cfg)
+    return by_length(json.loads((final / "eval" / "eval.json").read_text()))
+
+
+def summarise(values: list[float | None]) -> tuple[float | None, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.mean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def table(results: dict, lengths: list[int]) -> str:
+    head = " / ".join(f"{n}" for n in lengths)
+    lines = [f"| method | variant | perplexity @ {head} | passkey @ {head} |", "|---|---|---|---|"]
+    for method, r in results.items():
+        free = r["no_training"]
+        lines.append(f"| {method} | no training | " + " / ".join(f"{free['perplexity'][n]:.1f}" for n in lengths)
+                     + " | " + " / ".join(f"{free['passkey'][n]:.0%}" for n in lengths) + " |")
+        cells = {task: [] for task in TASKS}
+        for task in TASKS:
+            for n in lengths:
+                mean, spread = summarise([run[task][n] for run in r["fine_tuned"].values()])
+                cells[task].append("-" if mean is None else (f"{mean:.1f} ± {spread:.1f}" if task == "perplexity"
+                                                             else f"{mean:.0%} ± {spread:.0%}"))
+        seeds = len(r["fine_tuned"])
+        lines.append(f"| {method} | fine-tuned ({seeds} seed{'s' if seeds > 1 else ''}) | " + " / ".join(cells["perplexity"])
+                     + " | " + " / ".join(cells["passkey"]) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, lengths: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, task in zip(axes, TASKS):
+        for method, r in results.items():
+            means = [summarise([run[task][n] for run in r["fine_tuned"].values()]) for n in lengths]
+            line = ax.errorbar(lengths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", label=method)
+            ax.plot(lengths, [r["no_training"][task][n] for n in lengths], linestyle=":", color=line[0].get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set_xlabel("tokens")
+        ax.set_title(f"{task} (solid: fine-tuned, mean ± sd; dotted: no training)")
+    axes[0].set_ylabel("perplexity")
+    axes[1].set_ylabel("passkey accuracy")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--factor", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "method_study")
+    parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
+    opts = parser.parse_args(argv)
+    check_methods(opts.methods, opts.factor, opts.extra)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    runs = opts.out / "runs"
+    command = "python -m bench.studies.method_study " + " ".join(
+        [f"--methods {' '.join(opts.methods)}", f"--seeds {' '.join(map(str, opts.seeds))}", f"--factor {opts.factor:g}"]
+        + (["--", *opts.extra] if opts.extra else []))
+    results = {}
+    for method in opts.methods:
+        print(f"== {method}", flush=True)
+        results[method] = {
+            "no_training": no_training(method, opts.factor, runs / f"{method}-no-training", opts.extra),
+            "fine_tuned": {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra) for seed in opts.seeds},
+        }
+        text = write(results, command, opts.out)
+    print(text)
+    return results
+
+
+def write(results: dict, command: str, out: Path) -> str:
+    """results.json, table.md and the plot for what has been measured so far; returns the table."""
+    lengths = sorted(next(iter(results.values()))["no_training"]["perplexity"])
+    text = table(results, lengths)
+    (out / "results.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (out / "table.md").write_text(f"{command}\n\n{text}\n")
+    plot(results, lengths, out / "method_study.png")
+    return text
+
+
+if __name__ == "__main__":
+    main()
