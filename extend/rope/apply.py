@@ -16,7 +16,7 @@ from transformers import PreTrainedConfig
 
 from extend.config import ConfigError, RopeConfig
 from extend.rope.export import DEFAULT_ATTENTION_TYPE, PROVENANCE_KEY, served_lengths
-from extend.rope.registry import METHODS, PositionMethod, methods_reading
+from extend.rope.registry import METHODS, PARAMETER_HINTS, PositionMethod, methods_reading
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,6 @@ def _as_rope_config(rope_cfg: RopeConfig | DictConfig | dict) -> RopeConfig:
     if unknown:
         raise ConfigError([f"rope.{k} is not a rope setting; see conf/rope/*.yaml for the keys" for k in sorted(unknown)])
     return RopeConfig(**rope_cfg)
-
-
-_METHOD_FIELD_HINTS = {
-    "rope_theta": "the new base, e.g. 500000",
-    "power": "the exponent k of (1 - 2i/d)^k, e.g. 0.25",
-    "truncation_length": "T in tokens, e.g. the original length / 8",
-    "short_factor": "head_dim / 2 per-dimension factors",
-    "long_factor": "head_dim / 2 per-dimension factors",
-}
 
 
 def rope_attention_types(config: PreTrainedConfig) -> list[str]:
@@ -209,22 +200,24 @@ def _bind(cfg: RopeConfig, model_config: PreTrainedConfig | None) -> tuple[Resol
         problems.append(f"rope.{name} is not a parameter of {cfg.type} (read by: {', '.join(readers)}); remove it")
 
     kwargs: dict[str, Any] = {"factor": float(cfg.factor), "original_max_position_embeddings": length}
+    missing = []
     for f in dataclasses.fields(method.params):
         if f.name in kwargs:
             continue
         value = set_fields.get(f.name)
         if value is None:
             if f.default is dataclasses.MISSING:
-                hint = _METHOD_FIELD_HINTS.get(f.name, "")
-                problems.append(f"rope.{f.name} is required for {cfg.type}: set it" + (f" ({hint})" if hint else ""))
+                hint = PARAMETER_HINTS.get(f.name, "")
+                missing.append(f"rope.{f.name} is required for {cfg.type}: set it" + (f" ({hint})" if hint else ""))
             continue
         kwargs[f.name] = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-    if problems or length is None:
+    problems += missing
+    if missing:
         return None, problems
+    # Checked on the bound parameters, so the method's own defaults are held to the same rules. (Without a
+    # model the length may still be unknown; no method's check reads it.)
     params = method.params(**kwargs)
-    # Checked on the bound parameters, so the method's own defaults are held to the same rules.
-    problems = method.check(params, geometry)
+    problems += method.check(params, geometry)
     if problems or geometry is None:
         return None, problems
     return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim, attention_type), []

@@ -70,6 +70,15 @@ class PositionMethod:
         return tuple(f.name for f in dataclasses.fields(self.params))
 
 
+# What a method parameter means, for problems that name it (a required one missing, a value out of range).
+PARAMETER_HINTS = {
+    "rope_theta": "the new base, e.g. 500000",
+    "power": "the exponent k of (1 - 2i/d)^k, e.g. 0.25",
+    "truncation_length": "T in tokens, e.g. the original length / 8",
+    "short_factor": "head_dim / 2 per-dimension factors",
+    "long_factor": "head_dim / 2 per-dimension factors",
+}
+
 # Checks. `factor` and `original_max_position_embeddings` are checked for every method in apply.py; a
 # check here sees the method's bound parameters (its own defaults included) and, when a model is known,
 # the model's geometry.
@@ -123,21 +132,21 @@ def check_longrope(p: LongRopeParams, geometry: ModelGeometry | None) -> list[st
 
 
 def check_abf(p: AbfParams, geometry: ModelGeometry | None) -> list[str]:
-    return _positive(p, ("rope_theta", "set the new base, e.g. 500000"))
+    return _positive(p, ("rope_theta", "set " + PARAMETER_HINTS["rope_theta"]))
 
 
 def check_power(p: PowerParams, geometry: ModelGeometry | None) -> list[str]:
     if not p.power >= 0:
-        return [f"rope.power={p.power} must be >= 0 (0 leaves the frequencies unchanged): e.g. 0.25"]
+        return [f"rope.power={p.power} must be >= 0 (0 leaves the frequencies unchanged): set {PARAMETER_HINTS['power']}"]
     return []
 
 
 def check_truncated(p: TruncatedParams, geometry: ModelGeometry | None) -> list[str]:
-    return _positive(p, ("truncation_length", "set T in tokens, e.g. the original length / 8"))
+    return _positive(p, ("truncation_length", "set " + PARAMETER_HINTS["truncation_length"]))
 
 
 def check_entropy_abf(p: EntropyAbfParams, geometry: ModelGeometry | None) -> list[str]:
-    problems = _positive(p, ("rope_theta", "set the new base, e.g. 500000"))
+    problems = _positive(p, ("rope_theta", "set " + PARAMETER_HINTS["rope_theta"]))
     if geometry is not None and not 0 <= p.exempt_layers < geometry.num_layers:
         problems.append(
             f"rope.exempt_layers={p.exempt_layers} must be in [0, {geometry.num_layers}) for this "
