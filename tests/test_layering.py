@@ -10,6 +10,7 @@ TYPE_CHECKING alike.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 EXTEND = Path(__file__).resolve().parent.parent / "extend"
@@ -129,3 +130,13 @@ def test_an_upward_import_is_named(tmp_path):
         "extend/scratch/x.py: package 'scratch' is in no layer: add it to LAYERS in tests/test_layering.py and to "
         "docs/architecture.md",
     ]
+
+
+def test_docs_state_the_same_table():
+    """docs/architecture.md's "What may import what" table lists the same packages per layer as LAYERS."""
+    text = (EXTEND.parent / "docs" / "architecture.md").read_text().split("## What may import what", 1)[1]
+    documented = {}
+    for row in re.findall(r"^\| (\d+) \| (.+?) \|", text, flags=re.MULTILINE):
+        names = re.findall(r"`([^`]+)`", row[1])
+        documented[int(row[0])] = {{"extend/__init__.py": "__init__", "__main__.py": "__main__"}.get(n, n) for n in names}
+    assert documented == dict(enumerate(packages for packages, _ in LAYERS))
