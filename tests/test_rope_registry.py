@@ -11,7 +11,7 @@ import torch
 
 from extend.config import ModelConfig, RopeConfig
 from extend.models import load_base_config
-from extend.rope import METHODS, resolve_rope, rope_problems
+from extend.rope import METHODS, apply_rope, config_served_lengths, resolve_rope, rope_problems
 from extend.rope.methods import ScaleParams
 
 EXTEND = Path(__file__).resolve().parent.parent / "extend"
@@ -47,10 +47,17 @@ def test_every_method_has_frequencies_export_and_check(name, tiny):
     assert inv_freq.dtype == torch.float32 and inv_freq.shape == (8,) and attention > 0
     rope_parameters, max_position = method.export(16, 1e4, resolved.params)
     assert isinstance(rope_parameters["rope_type"], str) and isinstance(max_position, int)
-    assert method.check(resolved.params, None) == [] and rope_problems(RopeConfig(type=name, factor=4.0, **_required(method)), tiny) == []
+    served = config_served_lengths(apply_rope(tiny, resolved), resolved.extended_length)
+    assert served["transformers"] == served["vllm"] == resolved.extended_length == 4 * 64
+    assert method.check(resolved.params, None) == []
+    assert rope_problems(RopeConfig(type=name, factor=4.0, **_required(method)), tiny) == []
 
 
-@pytest.mark.parametrize("name,key", [(m.name, k) for m in METHODS.values() for k in m.param_names if k not in ("factor", "original_max_position_embeddings")])
+METHOD_PARAMETERS = [(m.name, k) for m in METHODS.values() for k in m.param_names
+                     if k not in ScaleParams.__dataclass_fields__]
+
+
+@pytest.mark.parametrize("name,key", METHOD_PARAMETERS)
 def test_every_method_parameter_is_checked(name, key, tiny):
     """A negative value of any method parameter is refused with one line naming rope.<key> and a fix."""
     values = {**_required(METHODS[name])}
@@ -68,7 +75,8 @@ def test_model_free_validation_reports_every_problem():
     assert rope_problems({"type": "linear", "factor": 4, "original_max_position_embeddings": 0}) == [
         "rope.original_max_position_embeddings=0 must be at least 2: set it to the length the base was trained at, "
         "or remove it to use the model's max_position_embeddings"]
-    assert rope_problems({"type": "yarn", "factor": 4, "unknown_key": 1})[0].startswith("rope.unknown_key is not a rope setting")
+    unknown = rope_problems({"type": "yarn", "factor": 4, "unknown_key": 1})
+    assert unknown[0].startswith("rope.unknown_key is not a rope setting")
     assert rope_problems({"type": "none"}) == [] and rope_problems({"type": "yarn", "factor": 4}) == []
 
 

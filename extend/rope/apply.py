@@ -99,7 +99,9 @@ def rope_attention_types(config: PreTrainedConfig) -> list[str]:
     return sorted(rope) if rope and all(isinstance(v, dict) for v in rope.values()) else []
 
 
-def _attention_type(cfg: RopeConfig, method: PositionMethod, model_config: PreTrainedConfig) -> tuple[str | None, list[str]]:
+def _attention_type(
+    cfg: RopeConfig, method: PositionMethod, model_config: PreTrainedConfig
+) -> tuple[str | None, list[str]]:
     """(the attention type the method rescales or None for a config with one set of parameters, problems).
 
     Where RoPE parameters are kept per attention type (ModernBERT, Gemma 3), the method rescales one type,
@@ -165,7 +167,8 @@ def _bind(cfg: RopeConfig, model_config: PreTrainedConfig | None) -> tuple[Resol
 
     method = METHODS.get(cfg.type)
     if method is None:
-        return None, [f"rope.type={cfg.type!r} is not a known position method; choose one of: none, {', '.join(METHODS)}"]
+        return None, [f"rope.type={cfg.type!r} is not a known position method; choose one of: none, "
+                      f"{', '.join(METHODS)}"]
 
     geometry, attention_type = None, None
     if model_config is not None:
@@ -175,6 +178,33 @@ def _bind(cfg: RopeConfig, model_config: PreTrainedConfig | None) -> tuple[Resol
         geometry = ModelGeometry.of(model_config, attention_type)
         problems += _geometry_problems(geometry)
 
+    length, scale_problems = _scale(cfg, geometry)
+    problems += scale_problems
+    for name in sorted(set(set_fields) - set(method.param_names)):
+        problems.append(f"rope.{name} is not a parameter of {cfg.type} (read by: {', '.join(methods_reading(name))}); "
+                        "remove it")
+
+    kwargs: dict[str, Any] = {"factor": float(cfg.factor), "original_max_position_embeddings": length}
+    kwargs |= {name: tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
+               for name, value in set_fields.items() if method.reads(name)}
+    missing = [f"rope.{f.name} is required for {cfg.type}: set it"
+               + (f" ({PARAMETER_HINTS[f.name]})" if f.name in PARAMETER_HINTS else "")
+               for f in dataclasses.fields(method.params) if f.default is dataclasses.MISSING and f.name not in kwargs]
+    if missing:
+        return None, problems + missing
+    # Checked on the bound parameters, so the method's own defaults are held to the same rules. (Without a
+    # model the length may still be unknown; no method's check reads it.)
+    params = method.params(**kwargs)
+    problems += method.check(params, geometry)
+    if problems or geometry is None:
+        return None, problems
+    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim, attention_type), []
+
+
+def _scale(cfg: RopeConfig, geometry: ModelGeometry | None) -> tuple[int | None, list[str]]:
+    """(the original length L, problems with rope.factor and L). L is the model's length unless set; None
+    when neither is known."""
+    problems = []
     if not math.isfinite(cfg.factor) or cfg.factor < 1:
         problems.append(f"rope.factor={cfg.factor} must be >= 1 (the extended length / the original length): "
                         "set rope.factor to target length / original length")
@@ -194,33 +224,7 @@ def _bind(cfg: RopeConfig, model_config: PreTrainedConfig | None) -> tuple[Resol
             f"rope.factor={cfg.factor} x original length {length} = {cfg.factor * length} is not a whole number of "
             "positions: choose a factor that gives an integer extended length"
         )
-
-    for name in sorted(set(set_fields) - set(method.param_names)):
-        readers = methods_reading(name)
-        problems.append(f"rope.{name} is not a parameter of {cfg.type} (read by: {', '.join(readers)}); remove it")
-
-    kwargs: dict[str, Any] = {"factor": float(cfg.factor), "original_max_position_embeddings": length}
-    missing = []
-    for f in dataclasses.fields(method.params):
-        if f.name in kwargs:
-            continue
-        value = set_fields.get(f.name)
-        if value is None:
-            if f.default is dataclasses.MISSING:
-                hint = PARAMETER_HINTS.get(f.name, "")
-                missing.append(f"rope.{f.name} is required for {cfg.type}: set it" + (f" ({hint})" if hint else ""))
-            continue
-        kwargs[f.name] = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
-    problems += missing
-    if missing:
-        return None, problems
-    # Checked on the bound parameters, so the method's own defaults are held to the same rules. (Without a
-    # model the length may still be unknown; no method's check reads it.)
-    params = method.params(**kwargs)
-    problems += method.check(params, geometry)
-    if problems or geometry is None:
-        return None, problems
-    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim, attention_type), []
+    return length, problems
 
 
 def _geometry_problems(geometry: ModelGeometry) -> list[str]:

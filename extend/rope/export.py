@@ -141,7 +141,8 @@ def entropy_abf_export(dim: int, base: float, p: EntropyAbfParams) -> tuple[dict
     return rope, p.extended_length
 
 
-# transformers rope types (config.json's vocabulary, not rope.type's) whose `factor` multiplies max_position_embeddings into the served length.
+# transformers rope types (config.json's vocabulary, not rope.type's) whose `factor` multiplies
+# max_position_embeddings into the served length.
 FACTOR_OVER_MAX_POSITION = ("linear", "dynamic")
 
 

@@ -137,7 +137,8 @@ def check_abf(p: AbfParams, geometry: ModelGeometry | None) -> list[str]:
 
 def check_power(p: PowerParams, geometry: ModelGeometry | None) -> list[str]:
     if not p.power >= 0:
-        return [f"rope.power={p.power} must be >= 0 (0 leaves the frequencies unchanged): set {PARAMETER_HINTS['power']}"]
+        return [f"rope.power={p.power} must be >= 0 (0 leaves the frequencies unchanged): "
+                f"set {PARAMETER_HINTS['power']}"]
     return []
 
 
@@ -190,9 +191,11 @@ METHODS: dict[str, PositionMethod] = {
         PositionMethod("power", PowerParams, methods.power_inv_freq, export.as_longrope_export(methods.power_inv_freq),
                        check_power, "Giraffe power basis: theta_i (1 - 2i/d)^k"),
         PositionMethod("truncated", TruncatedParams, methods.truncated_inv_freq,
-                       export.as_longrope_export(methods.truncated_inv_freq), check_truncated, "Giraffe truncated basis"),
+                       export.as_longrope_export(methods.truncated_inv_freq), check_truncated,
+                       "Giraffe truncated basis"),
         PositionMethod("entropy_abf", EntropyAbfParams, methods.entropy_abf_inv_freq, export.entropy_abf_export,
-                       check_entropy_abf, "ABF + log-length query scaling", scales_queries=True, notes=entropy_abf_notes),
+                       check_entropy_abf, "ABF + log-length query scaling", scales_queries=True,
+                       notes=entropy_abf_notes),
     )
 }
 
