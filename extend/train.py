@@ -42,7 +42,7 @@ from extend.data.prepare import prepare
 from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
 from extend.models.packed_attention import restore_attention, use_packed_attention
 from extend.models.tokenizer import load_tokenizer
-from extend.rope import apply_rope, config_served_lengths, resolve_rope
+from extend.rope import apply_rope, config_served_lengths, methods_reading, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import (
     Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
@@ -126,8 +126,9 @@ def check_training(cfg: ExtendConfig, world_size: int, addressable: int) -> list
     problems += check_stage_weights(cfg.curriculum, cfg.data.sources)
     stage_bases = [s.rope_theta for s in cfg.curriculum.stages]
     if any(b is not None for b in stage_bases):
-        if cfg.rope.type not in ("abf", "entropy_abf"):
-            problems.append(f"curriculum.stages[].rope_theta needs rope.type abf or entropy_abf, not {cfg.rope.type!r}")
+        if cfg.rope.type not in methods_reading("rope_theta"):
+            problems.append(f"curriculum.stages[].rope_theta needs rope.type {' or '.join(methods_reading('rope_theta'))}, "
+                            f"not {cfg.rope.type!r}")
         elif stage_bases[-1] is not None and stage_bases[-1] != cfg.rope.rope_theta:
             problems.append(
                 f"the last curriculum stage's rope_theta={stage_bases[-1]} differs from rope.rope_theta="

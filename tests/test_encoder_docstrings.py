@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from extend.config import EncoderConfig, EncoderEvalConfig
-from extend.data.corpus import python_version, stdlib_heldout_files, stdlib_root, stdlib_training_files
+from extend.corpus import python_version, stdlib_heldout_files, stdlib_root, stdlib_training_files
 from extend.encoders.docstrings import Pair, all_pairs, docstring_set, main, split_docstring, unambiguous, write_set
 from extend.encoders.eval import build_sets
 from extend.encoders.run import check_encoder, model_path

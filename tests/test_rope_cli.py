@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from extend.config import ConfigError
-from extend.rope.inspect import rope_report
+from extend.inspection import rope_report
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from itertools import chain
 import numpy as np
 
 from extend.config import CurriculumConfig, DataConfig, ExtendConfig, SourceConfig, StageConfig
-from extend.data.corpus import read_document, stdlib_files
+from extend.corpus import read_document, stdlib_files
 from extend.data.packing import materialize, pack_pretrain, pack_sft
 from extend.data.prepare import prepare
 from extend.data.sources import RawSource

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from extend.data.corpus import read_document, stdlib_heldout_files, stdlib_training_files
+from extend.corpus import read_document, stdlib_heldout_files, stdlib_training_files
 from extend.models.presets import TINY_BASE_SHAPE
 from extend.models.tokenizer import load_tokenizer
 from extend.tasks.synthetic import passkey

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from extend.config import ConfigError, DataConfig, ExtendConfig
-from extend.data.corpus import python_version
+from extend.corpus import python_version
 from extend.data.curriculum import StagePlan, check_curriculum, check_stage_weights, plan_stages
 from extend.data.manifest import (
     FORMAT, MANIFEST, WORK, clear, config_differences, dataset_config, file_sha256, fingerprint, read_manifest,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from extend.config import SourceConfig
-from extend.data.corpus import python_version, read_document, stdlib_training_files
+from extend.corpus import python_version, read_document, stdlib_training_files
 from extend.tasks import synthetic
 
 FORMATS = ("text", "chat")

@@ -1,5 +1,5 @@
 """`stdlib-docstrings`: a short natural-language retrieval set from the docstrings of the held-out
-standard-library files (extend.data.corpus.stdlib_heldout_files), which no fine-tune reads.
+standard-library files (extend.corpus.stdlib_heldout_files), which no fine-tune reads.
 
 It checks that an extension keeps short-input embedding quality, on a task the contrastive fine-tune
 (find an inserted line in a long haystack) does not teach: match a function's one-sentence summary to the
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from extend.data.corpus import python_version, read_document, stdlib_heldout_files, stdlib_root
+from extend.corpus import python_version, read_document, stdlib_heldout_files, stdlib_root
 from extend.encoders.tasks import LOCAL_FILES
 
 NAME = "stdlib-docstrings"

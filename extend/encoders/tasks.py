@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from extend.config import ConfigError
-from extend.data.corpus import read_document, stdlib_heldout_files, stdlib_training_files
+from extend.corpus import read_document, stdlib_heldout_files, stdlib_training_files
 from extend.tasks.synthetic import FILLER
 
 PLACES = ("Velmora Arkhan Brisca Doventh Elsmire Farrowick Galdun Hestria Iskavel Jorvath Kelmoor Lunaris "

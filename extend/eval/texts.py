@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from extend.config import ConfigError, PerplexityDataConfig
-from extend.data.corpus import read_document, stdlib_heldout_files
+from extend.corpus import read_document, stdlib_heldout_files
 
 
 def python_stdlib(cfg: PerplexityDataConfig) -> list[str]:
@@ -22,7 +22,7 @@ def python_stdlib(cfg: PerplexityDataConfig) -> list[str]:
 
 
 def stdlib_heldout(cfg: PerplexityDataConfig) -> list[str]:
-    """The standard-library files the `stdlib` data source holds out (extend/data/corpus.py), longest
+    """The standard-library files the `stdlib` data source holds out (extend/corpus.py), longest
     first: text that models trained on the built-in corpus (the tiny base and recipe) never saw."""
     heldout = sorted(stdlib_heldout_files(), key=lambda p: (-p.stat().st_size, p.name))
     return [read_document(p) for p in heldout[: cfg.max_documents]]

@@ -1,7 +1,7 @@
 """The tokenizer of a run: a local folder, a Hub id already in the local cache, or the built-in `tiny`.
 
 `tiny` is a byte-level BPE trained with the `tokenizers` library on part of the built-in corpus (the
-standard library, `extend.data.corpus`), so the CPU recipe needs no download. Digits are always single
+standard library, `extend.corpus`), so the CPU recipe needs no download. Digits are always single
 tokens: retrieving a 5-digit pass key is then a copy of five tokens, not of whatever merges BPE learnt.
 Training is deterministic and takes a few seconds; the result is cached under `cache_dir/tokenizers/`
 in a folder named by a hash of everything that went into it.
@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from extend.config import ConfigError
-from extend.data.corpus import python_version, read_document, stdlib_files
+from extend.corpus import python_version, read_document, stdlib_files
 
 TINY = "tiny"
 TINY_VOCAB_SIZE = 4096

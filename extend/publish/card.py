@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_fr
 
 from extend.eval.report import render_sections
 from extend.publish.export_info import BaseModel, ExportInfo
-from extend.rope.methods import METHODS
+from extend.rope import METHODS
 
 TASK_TYPE = "text-generation"
 # How many of the last positions of the promised length the reload check runs the model at.

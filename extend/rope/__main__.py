@@ -7,7 +7,7 @@ exact config export writes. Nothing is loaded but the model's config. `--help` l
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.cli import run_cli
-from extend.rope.inspect import rope_report
+from extend.inspection import rope_report
 
 if __name__ == "__main__":
     # The report only prints: no run folder, no log files.

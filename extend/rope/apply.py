@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedConfig
 
 from extend.config import ConfigError, RopeConfig
-from extend.rope.export import DEFAULT_ATTENTION_TYPE, EXPORTERS, PROVENANCE_KEY, served_lengths
-from extend.rope.methods import METHODS, RopeMethod
+from extend.rope.export import DEFAULT_ATTENTION_TYPE, PROVENANCE_KEY, served_lengths
+from extend.rope.registry import METHODS, PARAMETER_HINTS, PositionMethod, methods_reading
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ModelGeometry:
 class ResolvedRope:
     """A validated method bound to a model: its parameters, the base it rescales and the rotary dim."""
 
-    method: RopeMethod
+    method: PositionMethod
     params: Any
     base: float
     rotary_dim: int
@@ -74,7 +74,7 @@ class ResolvedRope:
 
     def hf_fields(self) -> tuple[dict[str, Any], int]:
         """(rope_parameters, max_position_embeddings) as config.json will carry them."""
-        return EXPORTERS[self.method.name](self.rotary_dim, self.base, self.params)
+        return self.method.export(self.rotary_dim, self.base, self.params)
 
     def provenance(self) -> dict[str, Any]:
         fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self.params).items()}
@@ -93,22 +93,15 @@ def _as_rope_config(rope_cfg: RopeConfig | DictConfig | dict) -> RopeConfig:
     return RopeConfig(**rope_cfg)
 
 
-_METHOD_FIELD_HINTS = {
-    "rope_theta": "the new base, e.g. 500000",
-    "power": "the exponent k of (1 - 2i/d)^k, e.g. 0.25",
-    "truncation_length": "T in tokens, e.g. the original length / 8",
-    "short_factor": "head_dim / 2 per-dimension factors",
-    "long_factor": "head_dim / 2 per-dimension factors",
-}
-
-
 def rope_attention_types(config: PreTrainedConfig) -> list[str]:
     """The attention types of a config whose rope_parameters are keyed by type ([] for one shared set)."""
     rope = getattr(config, "rope_parameters", None) or {}
     return sorted(rope) if rope and all(isinstance(v, dict) for v in rope.values()) else []
 
 
-def _attention_type(cfg: RopeConfig, model_config: PreTrainedConfig) -> tuple[str | None, list[str]]:
+def _attention_type(
+    cfg: RopeConfig, method: PositionMethod, model_config: PreTrainedConfig
+) -> tuple[str | None, list[str]]:
     """(the attention type the method rescales or None for a config with one set of parameters, problems).
 
     Where RoPE parameters are kept per attention type (ModernBERT, Gemma 3), the method rescales one type,
@@ -120,24 +113,43 @@ def _attention_type(cfg: RopeConfig, model_config: PreTrainedConfig) -> tuple[st
             return None, [f"rope.attention_type={cfg.attention_type!r}: this model keeps one set of RoPE "
                           "parameters for every layer; remove rope.attention_type"]
         return None, []
-    chosen = cfg.attention_type or DEFAULT_ATTENTION_TYPE
+    chosen = DEFAULT_ATTENTION_TYPE if cfg.attention_type is None else cfg.attention_type
     problems = []
     if chosen not in types:
         problems.append(f"rope.attention_type={chosen!r}: this model keeps RoPE parameters per attention type "
                         f"({', '.join(types)}); set rope.attention_type to one of them")
-    if cfg.type == "entropy_abf":
-        problems.append("rope.type=entropy_abf scales the queries of every layer past rope.exempt_layers, not one "
-                        f"attention type; with RoPE parameters per attention type ({', '.join(types)}) use abf or "
-                        "another method")
+    if method.scales_queries:
+        problems.append(f"rope.type={method.name} scales the queries of every layer past rope.exempt_layers, not one "
+                        f"attention type; with RoPE parameters per attention type ({', '.join(types)}) use a method "
+                        "that only changes frequencies (e.g. abf)")
     return chosen, problems
 
 
+def rope_problems(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrainedConfig | None = None) -> list[str]:
+    """Every problem of `rope_cfg`, one line each naming `rope.<key>` and the fix; [] when it is valid.
+
+    With `model_config`, the method is checked against that model (its rotary dim, layer count, length and
+    RoPE parameters); without it, only what the config alone decides (for a validation before any model
+    config is read)."""
+    try:
+        return _bind(_as_rope_config(rope_cfg), model_config)[1]
+    except ConfigError as err:
+        return list(err.problems)
+
+
 def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrainedConfig) -> ResolvedRope | None:
-    """Validate `rope_cfg` for this model and bind it, reporting every problem at once.
+    """Validate `rope_cfg` for this model and bind it, reporting every problem at once (ConfigError).
 
     Returns None for `rope.type: none` (the model keeps its own positions).
     """
-    cfg = _as_rope_config(rope_cfg)
+    resolved, problems = _bind(_as_rope_config(rope_cfg), model_config)
+    if problems:
+        raise ConfigError(problems)
+    return resolved
+
+
+def _bind(cfg: RopeConfig, model_config: PreTrainedConfig | None) -> tuple[ResolvedRope | None, list[str]]:
+    """(the method bound to the model, problems). Without a model config nothing is bound: problems only."""
     problems: list[str] = []
     set_fields = {
         f.name: getattr(cfg, f.name)
@@ -149,19 +161,74 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
     if cfg.type == "none":
         if set_fields or cfg.factor != 1.0 or cfg.attention_type is not None:
             named = sorted(set_fields) + (["attention_type"] if cfg.attention_type is not None else [])
-            problems.append(f"rope.type is none but {named or ['factor']} is set: pick a method with rope=NAME")
-        if problems:
-            raise ConfigError(problems)
-        return None
+            problems.append(f"rope.type is none but {named or ['factor']} is set: pick a method with rope=NAME "
+                            "or remove those keys")
+        return None, problems
 
     method = METHODS.get(cfg.type)
     if method is None:
-        raise ConfigError([f"rope.type={cfg.type!r} is not a known position method; choose one of: none, {', '.join(METHODS)}"])
+        return None, [f"rope.type={cfg.type!r} is not a known position method; choose one of: none, "
+                      f"{', '.join(METHODS)}"]
 
-    attention_type, problems = _attention_type(cfg, model_config)
-    if problems:
-        raise ConfigError(problems)  # without a valid type there is no base or rotary dim to check the rest against
-    geometry = ModelGeometry.of(model_config, attention_type)
+    geometry, attention_type = None, None
+    if model_config is not None:
+        attention_type, problems = _attention_type(cfg, method, model_config)
+        if problems:
+            return None, problems  # without a valid type there is no base or rotary dim to check the rest against
+        geometry = ModelGeometry.of(model_config, attention_type)
+        problems += _geometry_problems(geometry)
+
+    length, scale_problems = _scale(cfg, geometry)
+    problems += scale_problems
+    for name in sorted(set(set_fields) - set(method.param_names)):
+        problems.append(f"rope.{name} is not a parameter of {cfg.type} (read by: {', '.join(methods_reading(name))}); "
+                        "remove it")
+
+    kwargs: dict[str, Any] = {"factor": float(cfg.factor), "original_max_position_embeddings": length}
+    kwargs |= {name: tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
+               for name, value in set_fields.items() if method.reads(name)}
+    missing = [f"rope.{f.name} is required for {cfg.type}: set it"
+               + (f" ({PARAMETER_HINTS[f.name]})" if f.name in PARAMETER_HINTS else "")
+               for f in dataclasses.fields(method.params) if f.default is dataclasses.MISSING and f.name not in kwargs]
+    if missing:
+        return None, problems + missing
+    # Checked on the bound parameters, so the method's own defaults are held to the same rules. (Without a
+    # model the length may still be unknown; no method's check reads it.)
+    params = method.params(**kwargs)
+    problems += method.check(params, geometry)
+    if problems or geometry is None:
+        return None, problems
+    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim, attention_type), []
+
+
+def _scale(cfg: RopeConfig, geometry: ModelGeometry | None) -> tuple[int | None, list[str]]:
+    """(the original length L, problems with rope.factor and L). L is the model's length unless set; None
+    when neither is known."""
+    problems = []
+    if not math.isfinite(cfg.factor) or cfg.factor < 1:
+        problems.append(f"rope.factor={cfg.factor} must be >= 1 (the extended length / the original length): "
+                        "set rope.factor to target length / original length")
+    length = cfg.original_max_position_embeddings
+    if length is None and geometry is not None:
+        length = geometry.max_position_embeddings
+        if length is None:
+            problems.append(
+                "rope.original_max_position_embeddings is missing and the model config has no max_position_embeddings: "
+                "set rope.original_max_position_embeddings to the length the base was trained at"
+            )
+    if length is not None and length < 2:
+        problems.append(f"rope.original_max_position_embeddings={length} must be at least 2: set it to the length "
+                        "the base was trained at, or remove it to use the model's max_position_embeddings")
+    elif length is not None and cfg.factor >= 1 and abs(cfg.factor * length - round(cfg.factor * length)) > 1e-6:
+        problems.append(
+            f"rope.factor={cfg.factor} x original length {length} = {cfg.factor * length} is not a whole number of "
+            "positions: choose a factor that gives an integer extended length"
+        )
+    return length, problems
+
+
+def _geometry_problems(geometry: ModelGeometry) -> list[str]:
+    problems = []
     if geometry.rotary_dim % 2:
         problems.append(
             f"the model's rotary dimension is {geometry.rotary_dim} (head_dim {geometry.head_dim}); RoPE needs an "
@@ -172,78 +239,6 @@ def resolve_rope(rope_cfg: RopeConfig | DictConfig | dict, model_config: PreTrai
             f"the base model already uses rope_type={geometry.rope_type!r} and does not record the base it was "
             "extended from; stacking a second method is not supported: start from a base with default RoPE or set rope=none"
         )
-
-    if not math.isfinite(cfg.factor) or cfg.factor < 1:
-        problems.append(f"rope.factor={cfg.factor} must be >= 1 (the extended length / the original length)")
-    length = cfg.original_max_position_embeddings or geometry.max_position_embeddings
-    if length is None:
-        problems.append(
-            "rope.original_max_position_embeddings is missing and the model config has no max_position_embeddings: "
-            "set rope.original_max_position_embeddings to the length the base was trained at"
-        )
-    elif length < 2:
-        problems.append(f"rope.original_max_position_embeddings={length} must be at least 2")
-    elif cfg.factor >= 1 and abs(cfg.factor * length - round(cfg.factor * length)) > 1e-6:
-        problems.append(
-            f"rope.factor={cfg.factor} x original length {length} = {cfg.factor * length} is not a whole number of "
-            "positions: choose a factor that gives an integer extended length"
-        )
-
-    param_names = {f.name for f in dataclasses.fields(method.params)}
-    for name in sorted(set(set_fields) - param_names):
-        readers = sorted(m.name for m in METHODS.values() if name in {f.name for f in dataclasses.fields(m.params)})
-        problems.append(f"rope.{name} is not a parameter of {cfg.type} (read by: {', '.join(readers)}); remove it")
-
-    kwargs: dict[str, Any] = {"factor": float(cfg.factor), "original_max_position_embeddings": length}
-    for f in dataclasses.fields(method.params):
-        if f.name in kwargs:
-            continue
-        value = set_fields.get(f.name)
-        if value is None:
-            if f.default is dataclasses.MISSING:
-                hint = _METHOD_FIELD_HINTS.get(f.name, "")
-                problems.append(f"rope.{f.name} is required for {cfg.type}" + (f" ({hint})" if hint else ""))
-            continue
-        kwargs[f.name] = tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-    if problems:
-        raise ConfigError(problems)
-    params = method.params(**kwargs)
-    # Checked on the bound parameters, so the method's own defaults are held to the same rules.
-    problems = _check_values(cfg.type, dataclasses.asdict(params), geometry)
-    if problems:
-        raise ConfigError(problems)
-    return ResolvedRope(method, params, geometry.rope_theta, geometry.rotary_dim, attention_type)
-
-
-def _check_values(rope_type: str, kw: dict[str, Any], geometry: ModelGeometry) -> list[str]:
-    """Range checks on the method's own parameters."""
-    problems = []
-    positive = ("rope_theta", "truncation_length", "attention_factor", "beta_fast", "beta_slow")
-    for name in positive:
-        if kw.get(name) is not None and not kw[name] > 0:
-            problems.append(f"rope.{name}={kw[name]} must be > 0")
-    if "power" in kw and kw["power"] < 0:
-        problems.append(f"rope.power={kw['power']} must be >= 0 (0 leaves the frequencies unchanged)")
-    if rope_type == "yarn" and kw["beta_fast"] <= kw["beta_slow"]:
-        problems.append("rope.beta_fast must be larger than rope.beta_slow")
-    if rope_type == "llama3" and kw["high_freq_factor"] <= kw["low_freq_factor"]:
-        problems.append("rope.high_freq_factor must be larger than rope.low_freq_factor")
-    for name in ("short_factor", "long_factor"):
-        if name in kw:
-            if len(kw[name]) != geometry.rotary_dim // 2:
-                problems.append(
-                    f"rope.{name} has {len(kw[name])} values; this model needs rotary_dim / 2 = {geometry.rotary_dim // 2}"
-                )
-            if any(not v > 0 for v in kw[name]):
-                problems.append(f"rope.{name} values must all be > 0")
-    if "exempt_layers" in kw and not 0 <= kw["exempt_layers"] < geometry.num_layers:
-        problems.append(
-            f"rope.exempt_layers={kw['exempt_layers']} must be in [0, {geometry.num_layers}) for this "
-            f"{geometry.num_layers}-layer model: at least one layer has to be scaled"
-        )
-    if kw.get("log_scale_length") is not None and kw["log_scale_length"] < 2:
-        problems.append(f"rope.log_scale_length={kw['log_scale_length']} must be at least 2 (ln L > 0)")
     return problems
 
 

@@ -29,8 +29,6 @@ from extend.rope.methods import (
     YarnParams,
     default_inv_freq,
     ntk_base,
-    power_inv_freq,
-    truncated_inv_freq,
 )
 
 # A zero frequency cannot be written as a finite longrope factor theta_i / 0; this one makes the
@@ -53,23 +51,23 @@ def scaled_rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
-def _linear(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
+def linear_export(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
     return {"rope_type": "linear", "factor": p.factor, "rope_theta": base}, p.original_max_position_embeddings
 
 
-def _dynamic(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
+def dynamic_export(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
     return {"rope_type": "dynamic", "factor": p.factor, "rope_theta": base}, p.original_max_position_embeddings
 
 
-def _ntk(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
+def ntk_export(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
     return {"rope_type": "default", "rope_theta": ntk_base(dim, base, p.factor)}, p.extended_length
 
 
-def _abf(dim: int, base: float, p: AbfParams) -> tuple[dict[str, Any], int]:
+def abf_export(dim: int, base: float, p: AbfParams) -> tuple[dict[str, Any], int]:
     return {"rope_type": "default", "rope_theta": p.rope_theta}, p.extended_length
 
 
-def _yarn(dim: int, base: float, p: YarnParams) -> tuple[dict[str, Any], int]:
+def yarn_export(dim: int, base: float, p: YarnParams) -> tuple[dict[str, Any], int]:
     rope = {
         "rope_type": "yarn",
         "factor": p.factor,
@@ -83,7 +81,7 @@ def _yarn(dim: int, base: float, p: YarnParams) -> tuple[dict[str, Any], int]:
     return rope, p.extended_length
 
 
-def _llama3(dim: int, base: float, p: Llama3Params) -> tuple[dict[str, Any], int]:
+def llama3_export(dim: int, base: float, p: Llama3Params) -> tuple[dict[str, Any], int]:
     rope = {
         "rope_type": "llama3",
         "factor": p.factor,
@@ -112,12 +110,12 @@ def _longrope_fields(
     return rope
 
 
-def _longrope(dim: int, base: float, p: LongRopeParams) -> tuple[dict[str, Any], int]:
+def longrope_export(dim: int, base: float, p: LongRopeParams) -> tuple[dict[str, Any], int]:
     rope = _longrope_fields(list(p.short_factor), list(p.long_factor), base, p, p.attention_factor)
     return rope, p.extended_length
 
 
-def _as_longrope(inv_freq_fn: Callable) -> Callable:
+def as_longrope_export(inv_freq_fn: Callable) -> Callable:
     """Export a static per-dimension rescaling as longrope factors theta_i / theta'_i."""
 
     def export(dim: int, base: float, p: ScaleParams) -> tuple[dict[str, Any], int]:
@@ -132,7 +130,7 @@ def _as_longrope(inv_freq_fn: Callable) -> Callable:
     return export
 
 
-def _entropy_abf(dim: int, base: float, p: EntropyAbfParams) -> tuple[dict[str, Any], int]:
+def entropy_abf_export(dim: int, base: float, p: EntropyAbfParams) -> tuple[dict[str, Any], int]:
     rope = {
         "rope_type": ENTROPY_ROPE_TYPE,
         "rope_theta": p.rope_theta,
@@ -143,22 +141,9 @@ def _entropy_abf(dim: int, base: float, p: EntropyAbfParams) -> tuple[dict[str, 
     return rope, p.extended_length
 
 
-# Method name -> (rotary dim, base, params) -> (rope_parameters, max_position_embeddings).
-EXPORTERS: dict[str, Callable[..., tuple[dict[str, Any], int]]] = {
-    "linear": _linear,
-    "dynamic": _dynamic,
-    "ntk": _ntk,
-    "abf": _abf,
-    "yarn": _yarn,
-    "llama3": _llama3,
-    "longrope": _longrope,
-    "power": _as_longrope(power_inv_freq),
-    "truncated": _as_longrope(truncated_inv_freq),
-    "entropy_abf": _entropy_abf,
-}
-
-# Types whose `factor` multiplies max_position_embeddings into the served length.
-_FACTOR_OVER_MAX_POSITION = ("linear", "dynamic")
+# transformers rope types (config.json's vocabulary, not rope.type's) whose `factor` multiplies
+# max_position_embeddings into the served length.
+FACTOR_OVER_MAX_POSITION = ("linear", "dynamic")
 
 
 def served_lengths(config: dict[str, Any], tokenizer_max_length: int | None) -> dict[str, int]:
@@ -177,7 +162,7 @@ def served_lengths(config: dict[str, Any], tokenizer_max_length: int | None) -> 
     max_position = config["max_position_embeddings"]
 
     transformers_length = max_position
-    if rope_type in _FACTOR_OVER_MAX_POSITION:
+    if rope_type in FACTOR_OVER_MAX_POSITION:
         transformers_length = max_position * rope["factor"]
 
     length_keys = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")

@@ -1,4 +1,4 @@
-"""Position methods: one pure function per method, registered by the name a config's `rope.type` uses.
+"""Position methods' frequencies: one pure function per method (registered in registry.py).
 
 Each function takes the rotary dimension d, the base b and the method's typed parameters and returns
 `(inv_freq, attention_factor)`: the d/2 inverse frequencies theta_i (float32) and the factor applied to
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 
@@ -74,7 +72,7 @@ class EntropyAbfParams(ScaleParams):
 
     @property
     def effective_log_scale_length(self) -> int:
-        return self.log_scale_length or self.original_max_position_embeddings
+        return self.original_max_position_embeddings if self.log_scale_length is None else self.log_scale_length
 
 
 def default_inv_freq(dim: int, base: float) -> torch.Tensor:
@@ -200,37 +198,3 @@ def entropy_abf_inv_freq(dim: int, base: float, p: EntropyAbfParams, seq_len: in
 def entropy_query_scale(position_ids: torch.Tensor, log_scale_length: int) -> torch.Tensor:
     """Per-position query scale max(1, ln(m+1) / ln L), in float32."""
     return (torch.log1p(position_ids.to(torch.float32)) / math.log(log_scale_length)).clamp(min=1.0)
-
-
-InvFreqFn = Callable[..., tuple[torch.Tensor, float]]
-
-
-@dataclass(frozen=True)
-class RopeMethod:
-    """A registered position method: its parameter schema and its frequency function."""
-
-    name: str
-    params: type
-    inv_freq: InvFreqFn
-    summary: str
-    # True when the frequencies depend on the running sequence length.
-    dynamic: bool = False
-
-
-METHODS: dict[str, RopeMethod] = {
-    m.name: m
-    for m in (
-        RopeMethod("linear", ScaleParams, linear_inv_freq, "position interpolation: theta_i / s"),
-        RopeMethod("ntk", ScaleParams, ntk_inv_freq, "NTK-aware: base b * s^(d/(d-2))"),
-        RopeMethod("dynamic", ScaleParams, dynamic_inv_freq, "dynamic NTK: base grows with length", True),
-        RopeMethod("yarn", YarnParams, yarn_inv_freq, "YaRN: ramped interpolation + logit temperature"),
-        RopeMethod("llama3", Llama3Params, llama3_inv_freq, "Llama 3.1 wavelength bands"),
-        RopeMethod("longrope", LongRopeParams, longrope_inv_freq, "LongRoPE per-dimension factors", True),
-        RopeMethod("abf", AbfParams, abf_inv_freq, "adjusted base frequency: a larger base"),
-        RopeMethod("power", PowerParams, power_inv_freq, "Giraffe power basis: theta_i (1 - 2i/d)^k"),
-        RopeMethod("truncated", TruncatedParams, truncated_inv_freq, "Giraffe truncated basis"),
-        RopeMethod(
-            "entropy_abf", EntropyAbfParams, entropy_abf_inv_freq, "ABF + log-length query scaling"
-        ),
-    )
-}

@@ -16,7 +16,7 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, InternVLConfi
                           PretrainedConfig)
 
 from extend.config import ConfigError, RopeConfig, VisionConfig
-from extend.rope import ResolvedRope, apply_rope, resolve_rope
+from extend.rope import METHODS, ResolvedRope, apply_rope, resolve_rope
 
 # model_type -> the class that builds it. Only InternVL (transformers' implementation, Qwen2 language
 # model by default) so far; another family needs its image-token id and text config under the same names.
@@ -43,10 +43,9 @@ def tiny_internvl() -> InternVLConfig:
 
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {"tiny-internvl": tiny_internvl}
 
-# Methods that need more than a config on this family, and why.
-UNSUPPORTED_METHODS = {"entropy_abf": "its query scaling is an attention wrapper (extend.rope.entropy) that would "
-                                      "also wrap the vision tower's attention; not supported for vision models "
-                                      "yet: use abf, yarn, linear, ..."}
+# Why a method that scales queries in attention (the registry's scales_queries) needs more than a config here.
+QUERY_SCALING_UNSUPPORTED = ("its query scaling is an attention wrapper (extend.rope.entropy) that would also wrap the "
+                             "vision tower's attention; not supported for vision models yet: use abf, yarn, linear, ...")
 
 
 def load_config(name: str) -> PretrainedConfig:
@@ -84,8 +83,8 @@ def resolve_text_rope(rope: RopeConfig, vision: VisionConfig,
     elif rope.factor not in (1.0, target / old):
         return None, [f"rope.factor={rope.factor} disagrees with vision.target_length={target} (original {old}): "
                       "set only vision.target_length; the factor is derived from it"]
-    if rope.type in UNSUPPORTED_METHODS:
-        return None, [f"rope.type={rope.type}: {UNSUPPORTED_METHODS[rope.type]}"]
+    if rope.type in METHODS and METHODS[rope.type].scales_queries:
+        return None, [f"rope.type={rope.type}: {QUERY_SCALING_UNSUPPORTED}"]
     if target > old and rope.type == "none":
         return None, [f"vision.target_length={target} is above the original {old} but rope.type is none: pick a "
                       "method (rope.type=yarn, linear, ...) or set vision.target_length=null"]

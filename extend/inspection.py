@@ -1,4 +1,5 @@
-"""A plain-text report of what a position method does to a model, before any GPU hour is spent."""
+"""`extend inspect` (`python -m extend.rope`): a plain-text report of what a position method does to a model,
+before any GPU hour is spent. It reads the model's config (extend.models), so it sits above models and rope."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 
 from extend.config import ExtendConfig
 from extend.models import load_base_config
-from extend.rope.apply import apply_rope, config_served_lengths, resolve_rope
+from extend.rope import apply_rope, config_served_lengths, resolve_rope
+from extend.rope.export import FACTOR_OVER_MAX_POSITION, scaled_rope_parameters
 from extend.rope.methods import default_inv_freq
 
 
@@ -17,18 +19,6 @@ def _wavelength(inv_freq: float) -> float:
 
 def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:,.1f}"
-
-
-def _entropy_lines(resolved) -> list[str]:
-    if resolved.method.name != "entropy_abf":
-        return []
-    p = resolved.params
-    log_length = p.effective_log_scale_length
-    at_end = max(1.0, math.log(resolved.extended_length) / math.log(log_length))
-    return [
-        f"  query scale max(1, ln(m+1) / ln {log_length}) in layers {p.exempt_layers} and up "
-        f"(first {p.exempt_layers} exempt); at m = {resolved.extended_length - 1} it is {at_end:.4f}"
-    ]
 
 
 def rope_report(cfg: ExtendConfig) -> str:
@@ -50,7 +40,7 @@ def rope_report(cfg: ExtendConfig) -> str:
         + (f", {resolved.attention_type} layers only (the other attention types keep theirs)" if resolved.attention_type else ""),
         f"  original length L = {length}, factor s = {resolved.params.factor:g} -> extended length {extended}",
         f"  attention factor (scales cos and sin) = {attention:.6f}",
-        *_entropy_lines(resolved),
+        *resolved.method.notes(resolved.params, extended),
         "",
         f"  {'dim':>4} {'wavelength before':>18} {'wavelength after':>17} {'after/before':>13} {'turns in L after':>17}",
     ]
@@ -61,15 +51,14 @@ def rope_report(cfg: ExtendConfig) -> str:
         lines.append(f"  {i:>4} {_fmt(wb):>18} {_fmt(wa):>17} {ratio:>13} {turns:>17}")
 
     served = config_served_lengths(exported, extended)
+    by_factor = scaled_rope_parameters(exported.to_dict()).get("rope_type") in FACTOR_OVER_MAX_POSITION
     lines += [
         "",
         "  context length as each reader will derive it from the exported checkpoint:",
-        f"    transformers (max_position_embeddings{' x factor' if resolved.method.name in ('linear', 'dynamic') else ''}): {served['transformers']}",
+        f"    transformers (max_position_embeddings{' x factor' if by_factor else ''}): {served['transformers']}",
         f"    tokenizer model_max_length:  {served['tokenizer']}",
         f"    vLLM max_model_len:          {served['vllm']}",
     ]
-    if resolved.method.name == "entropy_abf":
-        lines.append("    note: entropy_abf loads only with `import extend` (extend.models.load_pretrained)")
     written = {
         "max_position_embeddings": exported.max_position_embeddings,
         "rope_parameters": exported.rope_parameters,
