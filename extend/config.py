@@ -169,7 +169,8 @@ class SourceConfig:
     # hf: the dataset's Hub id or a local dataset folder.
     path: str | None = None
     # jsonl/parquet/hf: what a record holds. text: a string in `text_field`; chat: a list of
-    # {role, content} messages in `messages_field`, rendered with the tokenizer's chat template.
+    # {role, content} messages in `messages_field`, rendered with the tokenizer's chat template; sharegpt: a
+    # list of ShareGPT {from, value} turns in `messages_field`, read as chat messages.
     format: str = "text"
     text_field: str = "text"
     messages_field: str = "messages"

@@ -2,7 +2,8 @@
 
 A loader returns the source's documents in a deterministic order, as one of three kinds:
 - text: a string, trained on in full, which pretraining-style packing may split across rows;
-- chat: a list of {role, content} messages, rendered with the tokenizer's chat template; never split;
+- chat: a list of {role, content} messages, rendered with the tokenizer's chat template; never split
+  (format `sharegpt` reads ShareGPT's {from, value} turns into the same messages);
 - qa:   a (prompt, answer) pair from a synthetic task; never split.
 `check_sources` validates the config without reading anything but file names, so bad input fails before
 any heavy work.
@@ -21,7 +22,10 @@ from extend.config import SourceConfig
 from extend.corpus import python_version, read_document, stdlib_training_files
 from extend.tasks import synthetic
 
-FORMATS = ("text", "chat")
+# What a record holds -> the kind of document it becomes.
+FORMATS = {"text": "text", "chat": "chat", "sharegpt": "chat"}
+# ShareGPT speakers -> chat roles (FastChat's conversion, which Vicuna and Entropy-ABF trained with).
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "system": "system"}
 # Fields every type reads; each type adds its own in FIELDS_READ.
 _COMMON = {"type", "weight", "upsample", "max_documents"}
 _RECORDS = {"path", "format", "text_field", "messages_field", "mask_prompt"}
@@ -164,9 +168,25 @@ def _record_doc(record: dict, src: SourceConfig, where: str):
         if not isinstance(value, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
             raise SourceError(f"{where}: field {column!r} must be a list of {{role, content}} messages")
         return [{"role": m["role"], "content": m["content"]} for m in value]
+    if src.format == "sharegpt":
+        return _sharegpt_messages(value, column, where)
     if not isinstance(value, str):
         raise SourceError(f"{where}: field {column!r} must be a string, got {type(value).__name__}")
     return value
+
+
+def _sharegpt_messages(turns, column: str, where: str) -> list[dict]:
+    """ShareGPT {from, value} turns as chat messages. Turns before the first human one are dropped, as FastChat
+    does: chat templates (Llama 2's among them) require the conversation to open with the user."""
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and {"from", "value"} <= set(t) for t in turns):
+        raise SourceError(f"{where}: field {column!r} must be a list of ShareGPT {{from, value}} turns")
+    unknown = sorted({str(t["from"]) for t in turns} - set(SHAREGPT_ROLES))
+    if unknown:
+        raise SourceError(f"{where}: ShareGPT speaker(s) {', '.join(map(repr, unknown))} not one of "
+                          f"{', '.join(SHAREGPT_ROLES)}; convert the records to format chat")
+    messages = [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in turns]
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
+    return messages[first_user:]
 
 
 def _load_jsonl(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
@@ -184,7 +204,7 @@ def _load_jsonl(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
                     yield _record_doc(record, src, where)
 
     docs = _limit(records(), src)
-    return RawSource(name, src.format, docs, _digest(json.dumps(docs)), {"files": len(_match(src.path))})
+    return RawSource(name, FORMATS[src.format], docs, _digest(json.dumps(docs)), {"files": len(_match(src.path))})
 
 
 def _load_parquet(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
@@ -198,7 +218,7 @@ def _load_parquet(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
                 yield _record_doc({column: value}, src, f"data.sources.{name}: {path} row {i}")
 
     docs = _limit(records(), src)
-    return RawSource(name, src.format, docs, _digest(json.dumps(docs)), {"files": len(_match(src.path))})
+    return RawSource(name, FORMATS[src.format], docs, _digest(json.dumps(docs)), {"files": len(_match(src.path))})
 
 
 def _load_hf(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
@@ -219,7 +239,7 @@ def _load_hf(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
             f"(or `hf download --repo-type dataset {src.path}`), copy ~/.cache/huggingface over, and set "
             "HF_HUB_OFFLINE=1; or export it to JSONL/Parquet and use a jsonl/parquet source"
         ) from err
-    return RawSource(name, src.format, docs, _digest(src.path, src.subset, src.split, src.revision, src.max_documents,
+    return RawSource(name, FORMATS[src.format], docs, _digest(src.path, src.subset, src.split, src.revision, src.max_documents,
                                                     json.dumps(docs) if not src.streaming else ""),
                      {"dataset": src.path, "subset": src.subset, "split": src.split, "streaming": src.streaming})
 
