@@ -35,13 +35,20 @@ class Verb:
     takes_model: bool = False  # accepts the model=PATH shorthand
 
 
-# Arguments every verb shares (Hydra's override grammar).
+# Arguments several verbs share (Hydra's override grammar); group= and group.key= take an example per verb.
 _RECIPE = ("recipe=NAME", "load a whole experiment from recipes/ (listed below); later arguments override it")
-_GROUP = ("group=option", "pick one option of a config group (listed below), e.g. rope=yarn")
-_KEY = ("group.key=value", "set one value, e.g. rope.factor=8; lists as [a,b], quote what the shell would expand")
 _MODEL = ("model=PATH", "a local model folder or a Hub id in the local cache: shorthand for model=hf "
                         "model.name_or_path=PATH (a name in conf/model/, e.g. model=tiny_llama, picks that preset)")
 _RUN_NAME = ("run_name=NAME", "names the run folder outputs/NAME (output_dir=DIR to put it elsewhere)")
+
+
+def _group(example: str) -> tuple[str, str]:
+    return "group=option", f"pick one option of a config group (listed below), e.g. {example}"
+
+
+def _key(example: str) -> tuple[str, str]:
+    return "group.key=value", f"set one value, e.g. {example}; lists as [a,b], quoted where the shell would expand"
+
 
 VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb(
@@ -54,7 +61,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
             "no-op; rerunning an interrupted preparation resumes it. `extend train` prepares a missing dataset\n"
             "itself; run this first to prepare on another machine or to inspect the data."),
         also=("python -m data_prep ...",),
-        arguments=(_RECIPE, _GROUP, _KEY,
+        arguments=(_RECIPE, _group("data=jsonl"), _key("data.seed=1"),
                    ("data.output_dir=DIR", "where the dataset folder goes"),
                    ("data.tokenizer=PATH", "a tokenizer folder, a cached Hub id, or tiny (built here)"),
                    ("data.num_proc=N", "tokenisation processes")),
@@ -75,7 +82,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
             "(eval.after_training) and publishes it (publish.repo_id) when the config asks for that.\n"
             "Several processes: accelerate launch extend/train.py ... (one node) or ./launch.sh --help (nodes)."),
         also=("accelerate launch extend/train.py ...", "python extend/train.py ...", "python -m extend.train ..."),
-        arguments=(_RECIPE, _MODEL, _RUN_NAME, _GROUP, _KEY,
+        arguments=(_RECIPE, _MODEL, _RUN_NAME, _group("adapter=lora"), _key("rope.factor=8"),
                    ("train.max_steps=N", "stop after N optimizer steps (a smoke run)")),
         examples=("extend train recipe=tiny",
                   "extend train recipe=tiny adapter=lora run_name=tiny_lora train.max_steps=20",
@@ -95,7 +102,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
             "models, or this one with a training-free rope method, next to it on the same items. Writes\n"
             "eval.json, report.md and plots into an eval folder beside the model (eval.output_dir to choose)."),
         also=("python -m extend.eval ...",),
-        arguments=(_MODEL, _GROUP, _KEY,
+        arguments=(_MODEL, _group("eval=quick"), _key("eval.items_per_cell=10"),
                    ("eval=quick|scaling", "a smaller look, or the model next to training-free scaling of itself"),
                    ("eval.lengths=[...]", "context lengths in tokens; beyond the model's length needs "
                                           "eval.extrapolate=true"),
@@ -119,7 +126,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
         also=("python -m extend.rope ...",),
         arguments=(_RECIPE, _MODEL,
                    ("rope=METHOD", "the position method (listed below with the rope group)"),
-                   ("rope.key=value", "its settings, e.g. rope.factor=8 rope.beta_fast=32"), _GROUP),
+                   ("rope.key=value", "its settings, e.g. rope.factor=8 rope.beta_fast=32"), _group("model=tiny_qwen2")),
         examples=("extend inspect recipe=tiny",
                   "extend inspect model=PATH rope=yarn rope.factor=4",
                   "extend inspect model=tiny_qwen2 rope=llama3 rope.factor=8"),
@@ -164,7 +171,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
                    ("encoder.model=PATH", "a local folder, a cached Hub id, or all-minilm-l6-v2"),
                    ("encoder.target_length=N", "the new maximum input length in tokens"),
                    ("encoder.train.steps=N", "contrastive fine-tuning steps (0: training-free only)"),
-                   ("rope=METHOD", "the position method of a RoPE encoder"), _KEY),
+                   ("rope=METHOD", "the position method of a RoPE encoder"), _key("encoder.eval.lengths=[1024,4096]")),
         examples=("extend encode recipe=minilm_2k",
                   "extend encode recipe=minilm_2k encoder.train.steps=0 run_name=minilm_free",
                   "extend encode recipe=modernbert_embed_32k encoder.model=PATH"),
@@ -184,7 +191,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
                    ("vision.model=PATH", "tiny-internvl (built here), a local folder or a cached Hub id"),
                    ("vision.target_length=N", "the language model's new length in positions"),
                    ("vision.v2pe_delta=D", "position increment per image token (1 = the model's own)"),
-                   ("vision.train.steps=N", "fine-tuning steps (0: score only)"), _KEY),
+                   ("vision.train.steps=N", "fine-tuning steps (0: score only)"), _key("vision.eval.samples=128")),
         examples=("extend vision recipe=internvl_tiny_v2pe",
                   "extend vision recipe=internvl_tiny_v2pe vision.v2pe_delta=1 run_name=no_v2pe",
                   "extend vision recipe=internvl_v2pe vision.model=PATH"),

@@ -91,6 +91,7 @@ def test_recipes_are_told_apart_by_what_they_set():
 @pytest.mark.parametrize("module, name", OLD_FORMS)
 def test_python_m_forms_print_the_same_help(module, name, monkeypatch, capsys):
     # Run each module as `python -m` does (in this process: its imports are shared with the other tests).
+    monkeypatch.delitem(sys.modules, f"{module}.__main__", raising=False)  # imported by other tests
     monkeypatch.setattr(sys, "argv", [module, "recipe=tiny", "-h"])
     assert exit_code(runpy.run_module, module, None, "__main__") == 0
     assert capsys.readouterr().out == verb_help(name)
@@ -127,6 +128,17 @@ def test_inspect_accepts_a_model_folder(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "original length L = 256, factor s = 4 -> extended length 1024" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my model"]  # inspecting writes nothing
+
+
+def test_hydra_flags_still_print_the_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    try:
+        main(["inspect", "recipe=tiny", "model=/some/folder", "--cfg", "job"])
+    except SystemExit as stopped:
+        assert stopped.code in (0, None)
+    out = capsys.readouterr().out
+    assert "name_or_path: /some/folder" in out and "type: yarn" in out  # the recipe, then the shorthand
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_or_missing_verb_is_one_line_and_exit_2(capsys):
