@@ -1,4 +1,4 @@
-"""`python -m extend.publish run=outputs/RUN repo_id=ORG/NAME [private] [adapter_only] [dry_run]` is `extend publish`.
+"""`python -m extend.publish run=outputs/RUN repo_id=ORG/NAME [private] [adapter_only] [dry_run]`: `extend publish`.
 
 Stages outputs/RUN/final as the exact folder to upload (outputs/RUN/publish, or publish.output_dir) with its
 model card, verifies it (fresh-process reload, lengths, safetensors only, no local path or token), then

@@ -1,4 +1,4 @@
-"""`python -m extend.rope [recipe=NAME] [model=NAME_OR_PATH] [rope=METHOD] [rope.KEY=VALUE ...]` is `extend inspect`.
+"""`python -m extend.rope [recipe=NAME] [model=...] [rope=METHOD] [rope.KEY=VALUE ...]` is `extend inspect`.
 
 Prints what a position method does to a model: wavelengths per dimension before and after, the
 attention factor, the extended length as transformers, the tokenizer and vLLM will read it, and the
