@@ -22,6 +22,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # `python extend/train.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__":  # `--help` and the model=PATH shorthand before the heavy imports (extend/commands.py);
+    from extend.commands import command_line  # importing extend first also quiets bitsandbytes (extend/__init__.py)
+
+    sys.argv[1:] = command_line("train")
 
 import torch
 from accelerate import Accelerator

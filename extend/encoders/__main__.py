@@ -1,12 +1,14 @@
-"""`python -m extend.encoders recipe=minilm_2k [encoder.key=value ...] [rope=METHOD ...]`
+"""`python -m extend.encoders recipe=minilm_2k [encoder.key=value ...] [rope=METHOD ...]` is `extend encode ...`.
 
 Extends an embedding encoder (a learned position table by interpolation, a RoPE encoder by a position
 method), optionally fine-tunes it contrastively, evaluates the original (truncating), the training-free
 extension and the fine-tuned model on LongEmbed-style passkey and needle retrieval, and writes eval.json,
-report.md and the export (final/) into outputs/<run_name>. `--help` lists groups and options; `--cfg job` prints the composed config.
+report.md and the export (final/) into outputs/<run_name>. `--help` (extend/commands.py) lists the arguments
+and encoder recipes; `--cfg job` prints the composed config.
 """
 
 from extend.cli import run_cli
+from extend.commands import command_line
 from extend.config import ExtendConfig
 from extend.encoders.report import averages
 from extend.encoders.run import run_encoder
@@ -20,4 +22,4 @@ def main(cfg: ExtendConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, job_name="encoders")
+    run_cli(main, job_name="encoders", argv=command_line("encode"))

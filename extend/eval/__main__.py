@@ -1,31 +1,16 @@
-"""`python -m extend.eval model=PATH_OR_ID [eval=quick|scaling] [eval.tasks=[...]] [eval.lengths=[...]]
-[rope=METHOD rope.factor=S] [eval.comparisons=[...]]`
+"""`python -m extend.eval model=PATH_OR_ID [eval=quick|scaling] [overrides]` is `extend eval ...`.
 
 Evaluates a checkpoint (a folder, a cached Hub id, or a preset with eval.tokenizer=...) and writes
-eval.json, report.md and plots into <model folder>/eval or eval.output_dir. `model=X` where X is not a
-file of conf/model/ is shorthand for `model=hf model.name_or_path=X`. `--help` lists groups and options.
+eval.json, report.md and plots. `model=X` where X is not a file of conf/model/ is shorthand for
+`model=hf model.name_or_path=X`. `--help` (extend/commands.py) describes the arguments, examples and recipes.
 """
-
-import sys
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.cli import run_cli
-from extend.config import CONF_DIR, ExtendConfig
+from extend.commands import command_line, expand_model_shortcut  # noqa: F401  (the shorthand lives there)
+from extend.config import ExtendConfig
 from extend.eval import run_eval
 from extend.eval.runner import output_dir
-
-
-def expand_model_shortcut(argv: list[str]) -> list[str]:
-    """`model=VALUE` -> `model=hf model.name_or_path=VALUE` unless VALUE names a file in conf/model/."""
-    options = {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if key == "model" and sep and value not in options:
-            out += ["model=hf", f"model.name_or_path={value}"]
-        else:
-            out.append(arg)
-    return out
 
 
 def evaluate(cfg: ExtendConfig) -> None:
@@ -42,4 +27,4 @@ def evaluate(cfg: ExtendConfig) -> None:
 
 if __name__ == "__main__":
     # Results go to the eval folder; Hydra writes no run folder or log files of its own.
-    run_cli(evaluate, job_name="eval", quiet=True, argv=expand_model_shortcut(sys.argv[1:]))
+    run_cli(evaluate, job_name="eval", quiet=True, argv=command_line("eval"))

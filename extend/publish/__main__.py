@@ -1,17 +1,18 @@
-"""`python -m extend.publish run=outputs/RUN repo_id=ORG/NAME [private] [adapter_only] [dry_run]`
+"""`python -m extend.publish run=outputs/RUN repo_id=ORG/NAME [private] [adapter_only] [dry_run]`: `extend publish`.
 
 Stages outputs/RUN/final as the exact folder to upload (outputs/RUN/publish, or publish.output_dir) with its
 model card, verifies it (fresh-process reload, lengths, safetensors only, no local path or token), then
 uploads it, or with dry_run prints what would be uploaded. The short keys are publish.* keys: `run=X` is
 `publish.run=X`, and a bare flag (`private`) means `publish.private=true`. Other publish.* keys
-(publish.output_dir, publish.license, publish.commit_message) and `--help` work as in every entry point.
+(publish.output_dir, publish.license, publish.commit_message) work as in every entry point; `--help` is
+extend/commands.py's.
 Exit codes: 2 for bad input, 1 for a folder that failed verification or an upload the Hub refused.
 """
 
-import sys
 from dataclasses import fields
 
 from extend.cli import run_cli
+from extend.commands import command_line
 from extend.config import ExtendConfig, PublishConfig
 from extend.publish import publish_run
 
@@ -38,4 +39,4 @@ def main(cfg: ExtendConfig) -> None:
 
 if __name__ == "__main__":
     # The staged folder describes itself; Hydra writes no run folder or log files of its own.
-    run_cli(main, job_name="publish", quiet=True, argv=expand_short_keys(sys.argv[1:]))
+    run_cli(main, job_name="publish", quiet=True, argv=expand_short_keys(command_line("publish")))

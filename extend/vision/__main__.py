@@ -1,11 +1,13 @@
-"""`python -m extend.vision recipe=internvl_tiny_v2pe [vision.key=value ...]`
+"""`python -m extend.vision recipe=internvl_tiny_v2pe [vision.key=value ...]` is `extend vision ...`.
 
 Builds or loads an InternVL model with the `rope` method on its language model, scores the synthetic
 colour task with V2PE positions, fine-tunes a few steps, scores again, and writes eval.json and the export
-(final/) into outputs/<run_name>. `--help` lists groups and options; `--cfg job` prints the composed config.
+(final/) into outputs/<run_name>. `--help` (extend/commands.py) lists the arguments and vision recipes;
+`--cfg job` prints the composed config.
 """
 
 from extend.cli import run_cli
+from extend.commands import command_line
 from extend.config import ExtendConfig
 from extend.vision.run import run_vision
 
@@ -19,4 +21,4 @@ def main(cfg: ExtendConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, job_name="vision")
+    run_cli(main, job_name="vision", argv=command_line("vision"))
