@@ -18,6 +18,7 @@ EXTEND = Path(__file__).resolve().parent.parent / "extend"
 # Bottom to top.
 LAYERS: list[tuple[set[str], str]] = [
     ({"config"}, "typed config schemas and ConfigError: no other extend import"),
+    ({"commands"}, "the `extend` command: verb table and help; runs each program by module name, imports none"),
     ({"cli"}, "Hydra composition of conf/ into the typed config"),
     ({"corpus", "tasks"}, "text without a model: the built-in stdlib corpus, synthetic long-context tasks"),
     ({"rope"}, "position methods: registry, frequencies, portable export, the entropy_abf registration"),
@@ -29,7 +30,6 @@ LAYERS: list[tuple[set[str], str]] = [
     ({"publish"}, "staging, card and upload of a finished run (reads its evaluation)"),
     ({"encoders", "vision"}, "the encoder and vision-language programs, beside the decoder pipeline"),
     ({"train"}, "the decoder training program: validate, setup, fit, export, then eval and publish"),
-    ({"commands"}, "the `extend` command: one verb per program"),
     ({"__main__"}, "entry points (`python -m extend[.X]`)"),
 ]
 LAYER_OF = {package: i for i, (packages, _) in enumerate(LAYERS) for package in packages}
@@ -122,9 +122,9 @@ def test_an_upward_import_is_named(tmp_path):
     (root / "models" / "tokenizer.py").write_text("from ..data import corpus\nfrom extend import rope, config\n")
     (root / "scratch" / "x.py").write_text("from extend import config\n")
     assert violations(root) == [
-        "extend/data/corpus.py:2 imports extend.adapters: data (layer 6) may only import lower layers, and adapters is layer 6",
-        "extend/models/tokenizer.py:1 imports extend.data: models (layer 5) may only import lower layers, and data is layer 6",
-        "extend/rope/inspect.py:2 imports extend.models: rope (layer 3) may only import lower layers, and models is layer 5",
+        "extend/data/corpus.py:2 imports extend.adapters: data (layer 7) may only import lower layers, and adapters is layer 7",
+        "extend/models/tokenizer.py:1 imports extend.data: models (layer 6) may only import lower layers, and data is layer 7",
+        "extend/rope/inspect.py:2 imports extend.models: rope (layer 4) may only import lower layers, and models is layer 6",
         "extend/scratch/__init__.py: package 'scratch' is in no layer: add it to LAYERS in tests/test_layering.py and to "
         "docs/architecture.md",
         "extend/scratch/x.py: package 'scratch' is in no layer: add it to LAYERS in tests/test_layering.py and to "
