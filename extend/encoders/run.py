@@ -14,15 +14,15 @@ from __future__ import annotations
 import importlib.util
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError, EncoderConfig, RopeConfig
 from extend.encoders.encode import POOLINGS, Reader
 from extend.encoders.eval import BUILT_IN_SETS, Variant, build_sets, evaluate
 from extend.encoders.export import save_encoder
-from extend.encoders.extension import plan_extension, trainable_problems
+from extend.encoders.extension import Extension, plan_extension, trainable_problems
 from extend.encoders.positions import load_encoder
 from extend.encoders.report import write_report
 from extend.encoders.tasks import SYNTHETIC, special_tail
@@ -109,14 +109,11 @@ def run_encoder(cfg: EncoderRun) -> dict:
     if tokenizer.pad_token_id is None:  # Llama-style tokenizers: padded positions are masked, any id will do
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     extension = plan_extension(enc, cfg.rope, config)
-    device = resolve_device(enc.device)
-    load = partial(load_encoder, path, enc.attn_implementation, torch_dtype(enc.dtype))
-    base = load().to(device)
+    base = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(resolve_device(enc.device))
     old, factor = extension.original_length, extension.factor
     reader = partial(Reader, tail=special_tail(tokenizer), eos_id=tokenizer.eos_token_id if enc.append_eos else None)
-    prefixes = (enc.query_prefix, enc.passage_prefix)
     sets = build_sets(tokenizer, enc.eval.tasks, enc.eval.lengths, enc.eval.candidates, enc.eval.seed,
-                      enc.eval.local_sets, prefixes)
+                      enc.eval.local_sets, (enc.query_prefix, enc.passage_prefix))
     variants = [
         Variant("original", base, reader(old), f"the base model, inputs truncated at {old} tokens"),
         Variant(extension.variant, extension.build(base, path, enc.attn_implementation), reader(enc.target_length),
@@ -126,29 +123,11 @@ def run_encoder(cfg: EncoderRun) -> dict:
                     batch_size=enc.eval.batch_size)
     results = score(variants)
     train_log: list[dict] = []
-    final = variants[1]
-    t = enc.train
-    if t.steps:
-        keep_short = KeepShort(base, reader(old), t.keep_short_weight, old) if t.keep_short_weight > 0 else None
-        train = partial(fine_tune, tokenizer=tokenizer, steps=t.steps, batch_size=t.batch_size,
-                        learning_rate=t.learning_rate, temperature=t.temperature, trainable=t.trainable,
-                        min_query_tokens=t.min_query_tokens, seed=t.seed, pooling=enc.pooling, prefixes=prefixes,
-                        log_every=t.log_every, keep_short=keep_short)
-        tuned = extension.build(base, path, enc.attn_implementation)
-        train_log = train(tuned, reader=reader(enc.target_length), lengths=t.lengths,
-                          frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None)
-        frozen = (", original rows frozen" if t.freeze_original_rows else "") + \
-            (f", short inputs held to the original (weight {t.keep_short_weight:g})" if t.keep_short_weight else "")
-        final = Variant("fine-tuned", tuned, reader(enc.target_length), f"{extension.variant} x{factor:g}, then "
-                        f"{t.steps} contrastive steps training {t.trainable}{frozen}")
-        results.update(score([final]))
-        variants.append(final)
-        if t.control:
-            control = load().to(device)
-            train(control, reader=reader(old), lengths=[min(n, old) for n in t.lengths])
-            variants.append(Variant("control", control, reader(old), f"the base model (truncating at {old}) "
-                                    f"fine-tuned the same way at lengths <= {old}, without extension"))
-            results.update(score(variants[-1:]))
+    if enc.train.steps:
+        trained, train_log = fine_tuned_variants(enc, extension, tokenizer, reader, base, config, path)
+        results.update(score(trained))
+        variants += trained
+    final = variants[2] if enc.train.steps else variants[1]  # the extension, fine-tuned when it was
     export = run.export(lambda folder: save_encoder(final.model, tokenizer, folder, enc, extension.note()))
     return run.finish({
         "schema": "extend.encoders/1",
@@ -160,6 +139,31 @@ def run_encoder(cfg: EncoderRun) -> dict:
         "results": results,
         "eval": {"tasks": enc.eval.tasks, "lengths": enc.eval.lengths, "candidates": enc.eval.candidates,
                  "seed": enc.eval.seed, "local_sets": enc.eval.local_sets},
-        "train": {"steps": t.steps, "seed": t.seed, "trainable": t.trainable, **log_summary(train_log)},
+        "train": {"steps": enc.train.steps, "seed": enc.train.seed, "trainable": enc.train.trainable,
+                  **log_summary(train_log)},
         "export": str(export),
     }, reports={"report.md": write_report})
+
+
+def fine_tuned_variants(enc: EncoderConfig, extension: Extension, tokenizer, reader: Callable[[int], Reader],
+                        base: PreTrainedModel, config: PretrainedConfig, path: str) -> tuple[list[Variant], list[dict]]:
+    """(c) the extension fine-tuned, then the control when asked for; and (c)'s training log."""
+    t, old = enc.train, extension.original_length
+    keep_short = KeepShort(base, reader(old), t.keep_short_weight, old) if t.keep_short_weight > 0 else None
+    train = partial(fine_tune, tokenizer=tokenizer, steps=t.steps, batch_size=t.batch_size,
+                    learning_rate=t.learning_rate, temperature=t.temperature, trainable=t.trainable,
+                    min_query_tokens=t.min_query_tokens, seed=t.seed, pooling=enc.pooling,
+                    prefixes=(enc.query_prefix, enc.passage_prefix), log_every=t.log_every, keep_short=keep_short)
+    tuned = extension.build(base, path, enc.attn_implementation)
+    log = train(tuned, reader=reader(enc.target_length), lengths=t.lengths,
+                frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None)
+    frozen = (", original rows frozen" if t.freeze_original_rows else "") + \
+        (f", short inputs held to the original (weight {t.keep_short_weight:g})" if t.keep_short_weight else "")
+    variants = [Variant("fine-tuned", tuned, reader(enc.target_length), f"{extension.variant} x{extension.factor:g}, "
+                        f"then {t.steps} contrastive steps training {t.trainable}{frozen}")]
+    if t.control:  # the base, trained the same way without extension (lengths capped at what it reads)
+        control = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(base.device)
+        train(control, reader=reader(old), lengths=[min(n, old) for n in t.lengths])
+        variants.append(Variant("control", control, reader(old), f"the base model (truncating at {old}) "
+                                f"fine-tuned the same way at lengths <= {old}, without extension"))
+    return variants, log
