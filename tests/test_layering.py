@@ -23,7 +23,7 @@ LAYERS: list[tuple[set[str], str]] = [
     ({"corpus", "tasks"}, "text without a model: the built-in stdlib corpus, synthetic long-context tasks"),
     ({"rope"}, "position methods: registry, frequencies, portable export, the entropy_abf registration"),
     ({"__init__"}, "the package root: `import extend` registers entropy_abf with transformers"),
-    ({"models"}, "loading, tokenizer, presets, packed attention, standalone export"),
+    ({"models"}, "loading, tokenizer, presets, packed attention, saving an extended model"),
     ({"adapters", "data"}, "LoRA/LoFiT/full adapters; data preparation (sources, tokenize, pack, curriculum)"),
     ({"training"}, "the training loop's pieces: batches, loss, schedule, checkpoints, distributed, run shell"),
     ({"eval", "inspection"}, "evaluation of a model; the rope inspection report (reads a model config)"),

@@ -16,7 +16,8 @@ Two ways to read an interpolated table:
 - consecutive ids (what a stock transformers / sentence-transformers load does): position p reads row p,
   i.e. old position p / s. This is position interpolation; it is how the export is used.
 - mapped ids (`mapped_position_ids`): position p reads row p * s, which is old row p. For inputs of at
-  most L tokens this reproduces the original model exactly; it needs position_ids passed explicitly.
+  most L tokens this reproduces the original model exactly; it needs position_ids passed explicitly, with an
+  attention_mask (without one, transformers reads ids that do not step by 1 as packed sequences).
 
 Families are registered by `model_type`; RoBERTa-style models keep `padding_idx + 1` leading rows that no
 token position uses (their ids start after the padding index), which stay as they are.
