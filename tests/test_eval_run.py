@@ -2,14 +2,18 @@
 report.md and plots are written; bad input fails with one clear error before any model loads."""
 
 import json
+import logging
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import pytest
+from transformers import AutoTokenizer
 
 from extend.config import ConfigError, REPO_ROOT
 from extend.eval import run_eval
 from extend.eval.__main__ import expand_model_shortcut
+from extend.eval.plots import curve_figure
 from extend.eval.report import render_report
 from extend.eval.schema import validate
 from tests.eval_helpers import Copier, CopierConfig, compose_cfg, make_tokenizer, save_tiny_checkpoint
@@ -132,3 +136,58 @@ def test_command_line_end_to_end(checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "extend.eval", "model=/nonexistent/x"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plot_axes_read_plain_numbers():
+    """Lengths read 256/512/1024 (not 2^8) and a perplexity axis 230 (not 2.3x10^2), on every tick."""
+    def task(metric, values):
+        return {"metric": metric, "by_length": {str(n): {"length": n, "value": v} for n, v in zip((256, 512, 1024), values)}}
+
+    data = {"conditions": [{"name": "a", "served_length": 1024}, {"name": "b", "served_length": 512}],
+            "results": {"a": {"perplexity": task("perplexity", [227.5, 231.0, 240.9]), "passkey": task("accuracy", [1, 1, 0.8])},
+                        "b": {"perplexity": task("perplexity", [228.0, 233.5, 236.0]), "passkey": task("accuracy", [1, 0.4, 0])}}}
+    for name in ("perplexity", "passkey"):
+        fig = curve_figure(data, name)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = {axis: [t.get_text() for minor in (False, True) for t in ax_.get_ticklabels(minor=minor)
+                         if t.get_text() and lo <= t.get_position()[i] <= hi]
+                  for axis, ax_, i, (lo, hi) in (("x", ax.xaxis, 0, ax.get_xlim()), ("y", ax.yaxis, 1, ax.get_ylim()))}
+        plt.close(fig)
+        assert labels["x"] == ["256", "512", "1024"]
+        assert labels["y"] and not any("$" in text or "^" in text for text in labels["x"] + labels["y"]), labels
+        if name == "perplexity":
+            assert "230" in labels["y"], labels
+
+
+class Records(logging.Handler):
+    """Every message the `transformers` loggers emit (they do not propagate to the root logger)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_evaluation_prints_no_too_long_sequence_warning(tmp_path):
+    """The evaluation tokenises long documents on purpose (it windows them itself): no warning about it."""
+    short = make_tokenizer()
+    short.model_max_length = 64
+    folder = save_tiny_checkpoint(tmp_path / "short", short, max_positions=256)
+    records = Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(records)
+    try:
+        # The same tokenizer, used as it is, does warn: the check below can see the line.
+        AutoTokenizer.from_pretrained(folder).encode((REPO_ROOT / "extend/eval/runner.py").read_text())
+        assert any("Token indices sequence length is longer" in m for m in records.messages)
+        records.messages.clear()
+        run_eval(compose_cfg("model=hf", f"model.name_or_path={folder}", *PASSKEY, "eval.tasks=[perplexity,passkey]",
+                             "eval.items_per_cell=1", "eval.perplexity.source=files", "eval.perplexity.max_windows=1",
+                             f"eval.perplexity.paths=[{REPO_ROOT}/extend/eval/runner.py]",
+                             f"eval.output_dir={tmp_path / 'out'}"))
+    finally:
+        logger.removeHandler(records)
+    assert not any("Token indices sequence length" in m for m in records.messages), records.messages

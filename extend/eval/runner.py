@@ -62,6 +62,17 @@ def output_dir(cfg: ExtendConfig, model_given: bool) -> Path:
     return Path(cfg.output_dir) / "eval"
 
 
+def quiet_long_inputs(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Silence the tokenizer's "Token indices sequence length is longer than the specified maximum" warning.
+
+    The evaluation tokenises whole documents and prompts longer than `model_max_length` on purpose: it cuts
+    perplexity windows itself and checks every input against the length each model addresses (prepare
+    below), so the warning would only ever be noise. transformers warns once per tokenizer and remembers it
+    in this flag; setting it says "already warned" for this tokenizer only, and every other warning stays.
+    """
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def _typed(cfg: ExtendConfig | DictConfig) -> ExtendConfig:
     return cfg if isinstance(cfg, ExtendConfig) else OmegaConf.to_object(cfg)
 
@@ -81,6 +92,7 @@ def prepare(cfg: ExtendConfig, model: PreTrainedModel | None = None,
             problems += err.problems
     if tokenizer is not None:
         problems += check_tokenizer(tokenizer)
+        quiet_long_inputs(tokenizer)
     if problems:
         raise ConfigError(problems)
 
