@@ -220,9 +220,12 @@ class DataConfig:
     rows_per_shard: int = 1024
     # Worker processes for tokenisation (1 = in this process, where the Rust tokenizer uses its own threads).
     num_proc: int = 1
-    # The dataset folder (shards + manifest.json) that training reads.
-    output_dir: str = "data/${run_name}"
-    # Replace an existing complete dataset that was made from a different config.
+    # The dataset folder (shards, summary.md, manifest.json) that training reads. The default names it after
+    # what decides its bytes: data/<tokenizer>-<sources>-<fingerprint of these data and curriculum keys>
+    # (extend/data/manifest.py dataset_name), so different data gets its own folder and data_prep and
+    # training find the same one without being told. Set it to choose the folder yourself.
+    output_dir: str = "${dataset_dir:}"
+    # Replace an existing complete dataset that was made differently (another config, tokenizer or inputs).
     overwrite: bool = False
     # Where the `tiny` tokenizer is cached.
     cache_dir: str = "~/.cache/extend"
