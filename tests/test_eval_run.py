@@ -3,6 +3,7 @@ report.md and plots are written; bad input fails with one clear error before any
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from extend.config import ConfigError, REPO_ROOT
 from extend.eval import run_eval
 from extend.eval.__main__ import expand_model_shortcut
 from extend.eval.plots import curve_figure
+from extend.eval.runner import IDENTITY, output_dir
 from extend.eval.report import render_report
 from extend.eval.schema import validate
 from tests.eval_helpers import Copier, CopierConfig, compose_cfg, make_tokenizer, save_tiny_checkpoint
@@ -50,7 +52,8 @@ def test_random_model_fails_and_comparisons_share_items(checkpoint, tmp_path):
                       "eval.perplexity.source=files", f"eval.perplexity.paths=[{REPO_ROOT}/extend/eval/*.py]",
                       "eval.comparisons=[{name: yarn x2, rope: {type: yarn, factor: 2}}]")
     data = run_eval(cfg)
-    out = checkpoint / "eval"  # default: next to the checkpoint
+    out = output_dir(cfg, model_given=False)  # default: a folder of its own next to the checkpoint
+    assert out.parent == checkpoint / "eval" and re.fullmatch(r"passkey\+perplexity-[0-9a-f]{8}", out.name)
     assert validate(json.loads((out / "eval.json").read_text())) == []
     assert data["complete"] is True
     names = [c["name"] for c in data["conditions"]]
@@ -133,6 +136,15 @@ def test_command_line_end_to_end(checkpoint, tmp_path):
     assert data["conditions"][0]["name"] == "tiny + linear x2"
     assert data["conditions"][0]["rope_parameters"]["rope_type"] == "linear"
     assert {c["n"] for c in data["results"]["tiny + linear x2"]["passkey"]["by_length"].values()} == {3}
+    # Another evaluation into the same folder: one line, exit 2, nothing computed or replaced.
+    before = (out / "eval.json").read_bytes()
+    refused = subprocess.run(
+        [sys.executable, "-m", "extend.eval", f"model={checkpoint}", "eval=quick", "eval.tasks=[passkey,kv]",
+         "eval.lengths=[128,192]", "eval.limit=2", "rope=linear", "rope.factor=2", f"eval.output_dir={out}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"{out} holds another evaluation (differs in: eval.limit): set eval.overwrite=true" in refused.stderr
+    assert (out / "eval.json").read_bytes() == before
     bad = subprocess.run([sys.executable, "-m", "extend.eval", "model=/nonexistent/x"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
@@ -191,3 +203,34 @@ def test_evaluation_prints_no_too_long_sequence_warning(tmp_path):
     finally:
         logger.removeHandler(records)
     assert not any("Token indices sequence length" in m for m in records.messages), records.messages
+
+
+def test_evaluations_get_folders_of_their_own_and_never_replace_another(checkpoint, tmp_path):
+    model = ["model=hf", f"model.name_or_path={checkpoint}", "eval.tasks=[passkey]", "eval.lengths=[128]",
+             "eval.depths=[0.5]"]
+    first, second = compose_cfg(*model, "eval.items_per_cell=1"), compose_cfg(*model, "eval.items_per_cell=2")
+    run_eval(first)
+    one = output_dir(first, model_given=False)
+    kept = (one / "eval.json").read_bytes()
+    run_eval(second)
+    two = output_dir(second, model_given=False)
+    assert one.parent == two.parent == checkpoint / "eval" and one != two
+    assert (one / "eval.json").read_bytes() == kept and (two / "eval.json").is_file()
+    assert json.loads((one / IDENTITY).read_text())["eval"]["items_per_cell"] == 1
+    # The same evaluation again is found in its own folder and rerun there.
+    run_eval(compose_cfg(*model, "eval.items_per_cell=1", "eval.batch_size=2"))
+    assert sorted(p.name for p in (checkpoint / "eval").iterdir() if p.name.startswith("passkey-")) == sorted([one.name, two.name])
+    kept = (one / "eval.json").read_bytes()
+    # A folder asked for by name that holds another evaluation: refused before anything is computed.
+    into_one = [*model, "eval.items_per_cell=2", f"eval.output_dir={one}"]
+    with pytest.raises(ConfigError) as err:
+        run_eval(compose_cfg(*into_one))
+    assert err.value.problems == [f"{one} holds another evaluation (differs in: eval.items_per_cell): set "
+                                  "eval.overwrite=true to replace it, or give this one its own folder (eval.name=NAME "
+                                  "or eval.output_dir=PATH)"]
+    assert (one / "eval.json").read_bytes() == kept
+    run_eval(compose_cfg(*into_one, "eval.overwrite=true"))
+    assert json.loads((one / "eval.json").read_text())["config"]["items_per_cell"] == 2
+    # eval.name names the folder (and the model in the report).
+    named = compose_cfg(*model, "eval.items_per_cell=1", "eval.name=my check")
+    assert output_dir(named, model_given=False) == checkpoint / "eval" / "my_check"
