@@ -1,7 +1,9 @@
 """extend: fine-tuning that extends the context window of pretrained transformers.
 
 Importing the package registers what stock transformers cannot express: the `entropy_abf` rope type and
-its entropy-aware attention functions. It also drops one import-time warning of bitsandbytes (below).
+its entropy-aware attention functions; and the `${dataset_dir:}` resolver that names the default dataset
+folder (extend/data/manifest.py), so every config composed after `import extend` resolves. It also drops one
+import-time warning of bitsandbytes (below).
 """
 
 import logging
@@ -14,8 +16,10 @@ import logging
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     lambda record: not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"))
 
+from extend.data import manifest as _manifest  # noqa: E402
 from extend.rope import entropy as _entropy  # noqa: E402
 
 _entropy.register()
+_manifest.register_resolver()
 
 __version__ = "0.1.0"

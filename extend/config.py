@@ -221,9 +221,12 @@ class DataConfig:
     rows_per_shard: int = 1024
     # Worker processes for tokenisation (1 = in this process, where the Rust tokenizer uses its own threads).
     num_proc: int = 1
-    # The dataset folder (shards + manifest.json) that training reads.
-    output_dir: str = "data/${run_name}"
-    # Replace an existing complete dataset that was made from a different config.
+    # The dataset folder (shards, summary.md, manifest.json) that training reads. The default names it after
+    # what decides its bytes: data/<tokenizer>-<sources>-<fingerprint of these data and curriculum keys>
+    # (extend/data/manifest.py dataset_name), so different data gets its own folder and data_prep and
+    # training find the same one without being told. Set it to choose the folder yourself.
+    output_dir: str = "${dataset_dir:}"
+    # Replace an existing complete dataset that was made differently (another config, tokenizer or inputs).
     overwrite: bool = False
     # Where the `tiny` tokenizer is cached.
     cache_dir: str = "~/.cache/extend"
@@ -315,10 +318,16 @@ class EvalConfig:
     # Sequences per forward pass; long inputs are still run one batch at a time.
     batch_size: int = 4
     seed: int = 0
-    # Where eval.json, report.md and plots go; None = <model folder>/eval for a local model, else
-    # <output_dir>/eval.
+    # Where eval.json, report.md and plots go; None = a folder of this evaluation's own,
+    # <model folder>/eval/<name> for a local model, else <output_dir>/eval/<name>, where <name> is eval.name,
+    # else <tasks>-<fingerprint of the settings that decide the results> (extend/eval/runner.py
+    # evaluation_name). The evaluation at the end of training goes to <run>/final/eval/after_training.
     output_dir: str | None = None
-    # Name of the evaluated model in the report; None = derived from its path and rope method.
+    # Replace a folder holding a different evaluation (its evaluation.json records other settings). Without
+    # it such a folder is refused before anything is computed; the same evaluation is always rerun in place.
+    overwrite: bool = False
+    # Name of the evaluated model in the report and of the evaluation's folder; None = derived from its path
+    # and rope method in the report, the folder named as output_dir says.
     name: str | None = None
     # Tokenizer folder or Hub id; None = the model's own folder (presets have none: set this).
     tokenizer: str | None = None
@@ -329,8 +338,8 @@ class EvalConfig:
     extra_new_tokens: int = 4
     comparisons: list[ComparisonConfig] = field(default_factory=list)
     perplexity: PerplexityDataConfig = field(default_factory=PerplexityDataConfig)
-    # Run this evaluation on the export at the end of extend/train.py (into <run>/final/eval unless
-    # output_dir is set), with the comparisons above next to it.
+    # Run this evaluation on the export at the end of extend/train.py (into <run>/final/eval/after_training
+    # unless output_dir is set), with the comparisons above next to it.
     after_training: bool = False
 
 
@@ -378,6 +387,10 @@ class PublishConfig:
     # License id for the card (e.g. apache-2.0); null = the base model's license where its card is on this
     # machine, else none is stated.
     license: str | None = None
+    # Which evaluation of final/eval/<name>/ the card carries and the repository holds (as eval/); null =
+    # after_training (the one training ran) if present, else the only one; several and none of them
+    # after_training is an error that lists them. The card names the evaluation it carries.
+    eval: str | None = None
 
 
 @dataclass

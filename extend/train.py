@@ -487,12 +487,14 @@ def export(run: Run) -> Path:
 def evaluate_export(cfg: ExtendConfig, final: Path) -> None:
     """eval.after_training: the exported folder, loaded as a user would, next to eval.comparisons."""
     from extend.eval import run_eval  # the evaluation stack is only needed when asked for
+    from extend.eval.runner import AFTER_TRAINING
 
     evaluated = replace(
         cfg,
         model=replace(cfg.model, name_or_path=str(final)),
         rope=RopeConfig(),  # the export's config already carries the method
-        eval=replace(cfg.eval, output_dir=cfg.eval.output_dir or str(final / "eval"), name=cfg.eval.name or cfg.run_name),
+        eval=replace(cfg.eval, output_dir=cfg.eval.output_dir or str(final / "eval" / AFTER_TRAINING),
+                     name=cfg.eval.name or cfg.run_name),
     )
     run_eval(evaluated)
 

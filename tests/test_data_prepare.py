@@ -4,6 +4,7 @@ bad input, and a run killed with SIGKILL then resumed."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from extend.config import CONF_DIR, REPO_ROOT, ConfigError
+from extend.config import CONF_DIR, REPO_ROOT, ConfigError, CurriculumConfig, DataConfig, ExtendConfig
 from extend.data import DatasetMismatchError, verify_dataset
 from extend.data.prepare import prepare
-from extend.data.manifest import MANIFEST, WORK
+from extend.data.manifest import MANIFEST, SUMMARY, WORK, dataset_config, dataset_dir, default_dataset_dir
+from extend.data.report import SOURCE_COLUMNS, STAGE_COLUMNS
 from extend.models.tokenizer import load_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
@@ -60,8 +62,11 @@ def make_cfg(overrides, sources=None):
 
 
 def small_cfg(corpus, out, cache, extra=(), sources=None):
-    overrides = ["~data.sources.stdlib", f"data.output_dir={out}", f"data.cache_dir={cache}", "data.packing=sft",
-                 "data.rows_per_shard=8", "curriculum.tokens_per_step=1024", f"curriculum.stages={STAGES}", *extra]
+    """The small test dataset; out=None leaves data.output_dir at its default (named after the data)."""
+    overrides = ["~data.sources.stdlib", f"data.cache_dir={cache}", "data.packing=sft", "data.rows_per_shard=8",
+                 "curriculum.tokens_per_step=1024", f"curriculum.stages={STAGES}", *extra]
+    if out is not None:
+        overrides.append(f"data.output_dir={out}")
     if sources is None:
         sources = {
             "text": {"type": "text", "path": str(corpus / "text" / "*.txt"), "weight": 2.0, "upsample": {200: 3.0}},
@@ -124,7 +129,7 @@ def test_rerun_is_a_no_op(built):
 
 def test_verify_refuses_another_config_or_a_modified_shard(built, corpus, cache, tmp_path):
     cfg, out = built
-    with pytest.raises(DatasetMismatchError, match=r"data\.seed: 0 -> 7"):
+    with pytest.raises(DatasetMismatchError, match=r"differs in: data\.seed\)"):
         verify_dataset(out, small_cfg(corpus, out, cache, ["data.seed=7"]))
     with pytest.raises(DatasetMismatchError, match=r"curriculum\.stages"):
         verify_dataset(out, small_cfg(corpus, out, cache, ["curriculum.stages=[{length: 128, steps: 5}]"]))
@@ -143,7 +148,8 @@ def test_verify_refuses_another_config_or_a_modified_shard(built, corpus, cache,
 def test_a_different_config_does_not_overwrite_without_consent(corpus, cache, tmp_path):
     out = tmp_path / "ds"
     prepare(small_cfg(corpus, out, cache), log=lambda _: None)
-    with pytest.raises(ConfigError, match=r"data\.seed: 0 -> 3.*data\.overwrite=true"):
+    with pytest.raises(ConfigError, match=r"differs in: data\.seed\): leave data\.output_dir unset to use this config's "
+                                         r"own folder data/tiny-chats\+passkey\+text-[0-9a-f]{10}, or set data\.overwrite=true"):
         prepare(small_cfg(corpus, out, cache, ["data.seed=3"]), log=lambda _: None)
     prepare(small_cfg(corpus, out, cache, ["data.seed=3", "data.overwrite=true"]), log=lambda _: None)
     assert json.loads((out / MANIFEST).read_text())["config"]["data"]["seed"] == 3
@@ -252,3 +258,58 @@ def test_killed_run_resumes_to_the_bytes_of_a_clean_run(corpus, cache, tmp_path)
     prepare(make_cfg(overrides + [f"data.output_dir={clean}"]), log=lambda _: None)
     assert tree_bytes(killed) == tree_bytes(clean)
     assert len(list(clean.glob("stage-*/part-*.parquet"))) == 192
+
+
+def test_datasets_get_folders_named_after_their_data(corpus, cache, tmp_path, monkeypatch):
+    """Without data.output_dir: different data -> different folders under data/, the same data -> the same
+    folder (found again, whatever the run is called or how it trains); data.output_dir still wins."""
+    monkeypatch.chdir(tmp_path)
+    logs = []
+    first = prepare(small_cfg(corpus, None, cache), log=logs.append)
+    other = prepare(small_cfg(corpus, None, cache, ["data.seed=1"]), log=lambda _: None)
+    assert first.parent == other.parent == Path("data") and first != other
+    assert first.name.startswith("tiny-chats+passkey+text-") and len(first.name.rsplit("-", 1)[1]) == 10
+    assert (first / MANIFEST).exists() and (other / MANIFEST).exists()
+    # Training composes the same name: keys that do not decide the bytes leave it alone.
+    again = small_cfg(corpus, None, cache, ["run_name=another", "train.learning_rate=0.5", "data.num_proc=2"])
+    assert Path(again.data.output_dir) == first
+    logs.clear()
+    assert prepare(again, log=logs.append) == first and any("up to date" in line for line in logs)
+    # A config built in Python (the interpolation never resolved) names the same folder.
+    typed = ExtendConfig(data=DataConfig(**{**vars(again.data), "output_dir": DataConfig().output_dir}),
+                         curriculum=CurriculumConfig(**vars(again.curriculum)))
+    assert dataset_dir(typed) == first
+    assert prepare(small_cfg(corpus, tmp_path / "mine", cache), log=lambda _: None) == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "tiny_lofit", "giraffe_16k"])
+def test_recipes_resolve_the_folder_their_data_names(recipe):
+    cfg = make_cfg([f"recipe={recipe}"])
+    assert cfg.data.output_dir == default_dataset_dir(dataset_config(cfg))
+    assert cfg.data.output_dir != f"data/{cfg.run_name}"
+
+
+def test_refusals_are_short_and_name_keys_not_values(corpus, cache, tmp_path):
+    out = tmp_path / "ds"
+    prepare(small_cfg(corpus, out, cache), log=lambda _: None)
+    changed = ["data.seed=5", "data.add_bos=true", "data.rows_per_shard=4", "curriculum.tokens_per_step=2048",
+               "data.packing=pretrain"]
+    with pytest.raises(ConfigError) as err:
+        prepare(small_cfg(corpus, out, cache, changed), log=lambda _: None)
+    (line,) = err.value.problems
+    assert len(line) < 400 and "\n" not in line, line
+    assert "differs in: curriculum.tokens_per_step, data.add_bos, data.packing, data.rows_per_shard and 1 more" in line
+    assert "2048" not in line and "data.overwrite=true" in line
+    with pytest.raises(DatasetMismatchError) as err:
+        verify_dataset(out, small_cfg(corpus, out, cache, changed))
+    assert len(str(err.value)) < 400 and "and 1 more" in str(err.value)
+
+
+def test_summary_is_saved_with_a_legend_of_every_column(corpus, cache, tmp_path):
+    logs = []
+    out = prepare(small_cfg(corpus, tmp_path / "ds", cache), log=logs.append)
+    saved = (out / SUMMARY).read_text()
+    assert saved.rstrip("\n") in logs  # what is printed is what is saved
+    for column, meaning in {**STAGE_COLUMNS, **SOURCE_COLUMNS}.items():
+        assert re.search(rf"\| +{re.escape(column)} +\|", saved) and f"- **{column}**: {meaning}" in saved
+    assert "| stage-00-L128 |" in saved and "| chats " in saved

@@ -2,14 +2,20 @@
 report.md and plots are written; bad input fails with one clear error before any model loads."""
 
 import json
+import logging
+import re
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import pytest
+from transformers import AutoTokenizer
 
 from extend.config import ConfigError, REPO_ROOT
 from extend.eval import run_eval
 from extend.eval.__main__ import expand_model_shortcut
+from extend.eval.plots import curve_figure
+from extend.eval.runner import IDENTITY, output_dir
 from extend.eval.report import render_report
 from extend.eval.schema import validate
 from tests.eval_helpers import Copier, CopierConfig, compose_cfg, make_tokenizer, save_tiny_checkpoint
@@ -46,7 +52,8 @@ def test_random_model_fails_and_comparisons_share_items(checkpoint, tmp_path):
                       "eval.perplexity.source=files", f"eval.perplexity.paths=[{REPO_ROOT}/extend/eval/*.py]",
                       "eval.comparisons=[{name: yarn x2, rope: {type: yarn, factor: 2}}]")
     data = run_eval(cfg)
-    out = checkpoint / "eval"  # default: next to the checkpoint
+    out = output_dir(cfg, model_given=False)  # default: a folder of its own next to the checkpoint
+    assert out.parent == checkpoint / "eval" and re.fullmatch(r"passkey\+perplexity-[0-9a-f]{8}", out.name)
     assert validate(json.loads((out / "eval.json").read_text())) == []
     assert data["complete"] is True
     names = [c["name"] for c in data["conditions"]]
@@ -129,6 +136,101 @@ def test_command_line_end_to_end(checkpoint, tmp_path):
     assert data["conditions"][0]["name"] == "tiny + linear x2"
     assert data["conditions"][0]["rope_parameters"]["rope_type"] == "linear"
     assert {c["n"] for c in data["results"]["tiny + linear x2"]["passkey"]["by_length"].values()} == {3}
+    # Another evaluation into the same folder: one line, exit 2, nothing computed or replaced.
+    before = (out / "eval.json").read_bytes()
+    refused = subprocess.run(
+        [sys.executable, "-m", "extend.eval", f"model={checkpoint}", "eval=quick", "eval.tasks=[passkey,kv]",
+         "eval.lengths=[128,192]", "eval.limit=2", "rope=linear", "rope.factor=2", f"eval.output_dir={out}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"{out} holds another evaluation (differs in: eval.limit): set eval.overwrite=true" in refused.stderr
+    assert (out / "eval.json").read_bytes() == before
     bad = subprocess.run([sys.executable, "-m", "extend.eval", "model=/nonexistent/x"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plot_axes_read_plain_numbers():
+    """Lengths read 256/512/1024 (not 2^8) and a perplexity axis 230 (not 2.3x10^2), on every tick."""
+    def task(metric, values):
+        return {"metric": metric, "by_length": {str(n): {"length": n, "value": v} for n, v in zip((256, 512, 1024), values)}}
+
+    data = {"conditions": [{"name": "a", "served_length": 1024}, {"name": "b", "served_length": 512}],
+            "results": {"a": {"perplexity": task("perplexity", [227.5, 231.0, 240.9]), "passkey": task("accuracy", [1, 1, 0.8])},
+                        "b": {"perplexity": task("perplexity", [228.0, 233.5, 236.0]), "passkey": task("accuracy", [1, 0.4, 0])}}}
+    for name in ("perplexity", "passkey"):
+        fig = curve_figure(data, name)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = {axis: [t.get_text() for minor in (False, True) for t in ax_.get_ticklabels(minor=minor)
+                         if t.get_text() and lo <= t.get_position()[i] <= hi]
+                  for axis, ax_, i, (lo, hi) in (("x", ax.xaxis, 0, ax.get_xlim()), ("y", ax.yaxis, 1, ax.get_ylim()))}
+        plt.close(fig)
+        assert labels["x"] == ["256", "512", "1024"]
+        assert labels["y"] and not any("$" in text or "^" in text for text in labels["x"] + labels["y"]), labels
+        if name == "perplexity":
+            assert "230" in labels["y"], labels
+
+
+class Records(logging.Handler):
+    """Every message the `transformers` loggers emit (they do not propagate to the root logger)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_evaluation_prints_no_too_long_sequence_warning(tmp_path):
+    """The evaluation tokenises long documents on purpose (it windows them itself): no warning about it."""
+    short = make_tokenizer()
+    short.model_max_length = 64
+    folder = save_tiny_checkpoint(tmp_path / "short", short, max_positions=256)
+    records = Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(records)
+    try:
+        # The same tokenizer, used as it is, does warn: the check below can see the line.
+        AutoTokenizer.from_pretrained(folder).encode((REPO_ROOT / "extend/eval/runner.py").read_text())
+        assert any("Token indices sequence length is longer" in m for m in records.messages)
+        records.messages.clear()
+        run_eval(compose_cfg("model=hf", f"model.name_or_path={folder}", *PASSKEY, "eval.tasks=[perplexity,passkey]",
+                             "eval.items_per_cell=1", "eval.perplexity.source=files", "eval.perplexity.max_windows=1",
+                             f"eval.perplexity.paths=[{REPO_ROOT}/extend/eval/runner.py]",
+                             f"eval.output_dir={tmp_path / 'out'}"))
+    finally:
+        logger.removeHandler(records)
+    assert not any("Token indices sequence length" in m for m in records.messages), records.messages
+
+
+def test_evaluations_get_folders_of_their_own_and_never_replace_another(checkpoint, tmp_path):
+    model = ["model=hf", f"model.name_or_path={checkpoint}", "eval.tasks=[passkey]", "eval.lengths=[128]",
+             "eval.depths=[0.5]"]
+    first, second = compose_cfg(*model, "eval.items_per_cell=1"), compose_cfg(*model, "eval.items_per_cell=2")
+    run_eval(first)
+    one = output_dir(first, model_given=False)
+    kept = (one / "eval.json").read_bytes()
+    run_eval(second)
+    two = output_dir(second, model_given=False)
+    assert one.parent == two.parent == checkpoint / "eval" and one != two
+    assert (one / "eval.json").read_bytes() == kept and (two / "eval.json").is_file()
+    assert json.loads((one / IDENTITY).read_text())["eval"]["items_per_cell"] == 1
+    # The same evaluation again is found in its own folder and rerun there.
+    run_eval(compose_cfg(*model, "eval.items_per_cell=1", "eval.batch_size=2"))
+    assert sorted(p.name for p in (checkpoint / "eval").iterdir() if p.name.startswith("passkey-")) == sorted([one.name, two.name])
+    kept = (one / "eval.json").read_bytes()
+    # A folder asked for by name that holds another evaluation: refused before anything is computed.
+    into_one = [*model, "eval.items_per_cell=2", f"eval.output_dir={one}"]
+    with pytest.raises(ConfigError) as err:
+        run_eval(compose_cfg(*into_one))
+    assert err.value.problems == [f"{one} holds another evaluation (differs in: eval.items_per_cell): set "
+                                  "eval.overwrite=true to replace it, or give this one its own folder (eval.name=NAME "
+                                  "or eval.output_dir=PATH)"]
+    assert (one / "eval.json").read_bytes() == kept
+    run_eval(compose_cfg(*into_one, "eval.overwrite=true"))
+    assert json.loads((one / "eval.json").read_text())["config"]["items_per_cell"] == 2
+    # eval.name names the folder (and the model in the report).
+    named = compose_cfg(*model, "eval.items_per_cell=1", "eval.name=my check")
+    assert output_dir(named, model_given=False) == checkpoint / "eval" / "my_check"

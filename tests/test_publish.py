@@ -25,7 +25,7 @@ from extend.models import build_random, load_base_config
 from extend.models.tokenizer import load_tokenizer
 from extend.publish import PublishError, publish_run
 from extend.publish.__main__ import expand_short_keys
-from extend.publish.export_info import ExportInfo
+from extend.publish.export_info import ExportInfo, evaluations
 from extend.publish.hub import NO_TOKEN, upload
 from extend.publish.layout import files_under
 from extend.publish.scrub import machine_paths, scrub_paths
@@ -104,7 +104,7 @@ def test_card_metadata_parses_with_huggingface_hub_and_carries_the_eval_results(
     assert {"extend", "long-context", "rope-linear", "lora"} <= set(data.tags)
     assert data.get("base_model") is None  # a random preset is not a Hub model: nothing is invented
     assert data.model_name == "tiny-linear"
-    evaluated = json.loads((run / "final" / "eval" / "eval.json").read_text())["results"]["tiny-linear"]
+    evaluated = json.loads((run / "final" / "eval" / "after_training" / "eval.json").read_text())["results"]["tiny-linear"]
     expected = {(task, cell["length"], block["metric"], round(cell["value"], 6))
                 for task, block in evaluated.items() for cell in block["by_length"].values()}
     assert {(r.dataset_type, int(r.dataset_config.split("-")[0]), r.metric_type, r.metric_value)
@@ -118,6 +118,7 @@ def test_card_metadata_parses_with_huggingface_hub_and_carries_the_eval_results(
     assert 'PeftModel.from_pretrained(base, "test-org/tiny-linear", subfolder="adapter")' not in text  # base not on the Hub
     assert "![perplexity](eval/perplexity.png)" in text and "| `model.safetensors` |" in text
     assert "LoRA r=8, alpha=16" in text and "| training | 2 steps, 1,024 tokens" in text
+    assert "Evaluation `after_training` (the one training ran on its export)." in text
 
 
 def test_published_files_name_no_local_path_and_no_token(published):
@@ -278,6 +279,7 @@ def test_verification_refuses_pickles_and_stray_files(published, tmp_path):
     (["publish.repo_id=org/name", "publish.run=outputs/x"], "training publishes the run it trains"),
     (["publish.repo_id=org/name", "publish.adapter_only=true"], "an adapter cannot carry a RoPE change"),
     (["publish.repo_id=org/name"], NO_TOKEN),
+    (["publish.repo_id=org/name", "publish.eval=quick"], "training publishes the evaluation it runs itself"),
 ])
 def test_training_refuses_bad_publish_settings_before_it_starts(make_config, monkeypatch, overrides, message):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", "/nonexistent/token")
@@ -353,3 +355,44 @@ def test_scrub_keeps_relative_paths_and_hides_absolute_ones():
     assert scrub_paths(data, renames) == {
         "model": "org/name", "plots": "org/name/eval", "data": "<local>/part.jsonl", "relative": "outputs/x",
         "overrides": ["data.output_dir=<local>/data", "recipe=tiny"], "n": 3}
+
+
+def test_publish_carries_the_chosen_evaluation_and_the_card_names_it(published, tmp_path):
+    """A later evaluation of the export lives beside training's; publish carries after_training unless
+    publish.eval picks another, and refuses to guess between several."""
+    run = copy_run(published[0], tmp_path)
+    final, evals = run / "final", run / "final" / "eval"
+    shutil.copytree(evals / "after_training", evals / "quick")
+    quick = json.loads((evals / "quick" / "eval.json").read_text())
+    own = quick["conditions"][0]["name"]
+    quick["results"][own]["perplexity"]["by_length"]["128"]["value"] = 999.0
+    (evals / "quick" / "eval.json").write_text(json.dumps(quick))
+    assert evaluations(final) == ["after_training", "quick"]
+
+    def staged(evaluation):
+        folder = tmp_path / f"staged-{evaluation}"
+        folder.mkdir()
+        info = ExportInfo.read(final, evaluation)
+        left_out = stage(info, PublishConfig(run=str(run), repo_id=REPO_ID), folder)
+        card = ModelCard.load(folder / "README.md")
+        published_eval = json.loads((folder / "eval" / "eval.json").read_text())
+        return info.eval_name, card, published_eval, left_out, files_under(folder)
+
+    name, card, published_eval, left_out, files = staged(None)
+    assert name == "after_training" and "Evaluation `after_training` (the one training ran" in card.text
+    assert published_eval["results"][own]["perplexity"]["by_length"]["128"]["value"] != 999.0
+    assert "eval/quick/eval.json" in left_out and not any(f.startswith("eval/quick") for f in files)
+    name, card, published_eval, _, _ = staged("quick")
+    assert name == "quick" and "Evaluation `quick`." in card.text
+    assert published_eval["results"][own]["perplexity"]["by_length"]["128"]["value"] == 999.0
+    assert 999.0 in {r.metric_value for r in card.data.eval_results}
+
+    shutil.rmtree(evals / "after_training")
+    shutil.copytree(evals / "quick", evals / "other")
+    with pytest.raises(ConfigError) as err:
+        ExportInfo.read(final)
+    assert err.value.problems == [f"{evals} holds 2 evaluations (other, quick) and none is the run's own "
+                                  "(after_training): choose the one the card carries with publish.eval=NAME"]
+    with pytest.raises(ConfigError, match=r"publish.eval='nope': .* holds no such evaluation \(it holds: other, quick\)"):
+        publish_run(PublishConfig(run=str(run), repo_id=REPO_ID, dry_run=True, eval="nope"))
+    assert not (run / "publish").exists()

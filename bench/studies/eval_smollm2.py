@@ -59,6 +59,7 @@ def run(model: str, tokenizer: str, lengths: list[int], out: Path, windows: int,
             f"eval.lengths=[{','.join(map(str, lengths))}]", f"eval.tokenizer={tokenizer}",
             f"eval.output_dir={out / task}", "eval.batch_size=1", f"eval.items_per_cell={passkey_items}",
             f"eval.depths=[{','.join(map(str, depths))}]", f"eval.perplexity.max_windows={windows}",
+            "eval.overwrite=true",  # a rerun of the study replaces its own results folder, whatever it held
         ]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)

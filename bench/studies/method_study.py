@@ -88,7 +88,7 @@ def fine_tuned(method: str, factor: float, seed: int, root: Path, extra: list[st
                    "eval.comparisons=[]", f"eval.name='{method} x{factor:g} fine-tuned (seed {seed})'",
                    "train.checkpoint_every=0", "train.tracker=none", STUDY_CURRICULUM, *extra)
     final = train(cfg)
-    return by_length(json.loads((final / "eval" / "eval.json").read_text()))
+    return by_length(json.loads((final / "eval" / "after_training" / "eval.json").read_text()))
 
 
 def summarise(values: list[float | None]) -> tuple[float | None, float | None]:

@@ -4,7 +4,10 @@
     -> decide what the output folder holds (up to date / resume / fresh)
     -> tokenise each source (cached in .work/ for a resumed run)
     -> per curriculum stage: draw documents, pack rows, write shards
-    -> manifest.json last, then the summary table
+    -> summary.md (the summary table and its legend), manifest.json last; print the summary
+
+Without data.output_dir the folder is data/<tokenizer>-<sources>-<fingerprint> (manifest.dataset_name):
+different data gets its own folder, and the same data is found again by any run that asks for it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from extend.config import ConfigError, DataConfig, ExtendConfig
 from extend.corpus import python_version
 from extend.data.curriculum import StagePlan, check_curriculum, check_stage_weights, plan_stages
 from extend.data.manifest import (
-    FORMAT, MANIFEST, WORK, clear, config_differences, dataset_config, file_sha256, fingerprint, read_manifest,
-    write_json_atomically, write_shard,
+    FORMAT, MANIFEST, SUMMARY, WORK, clear, dataset_config, dataset_dir, file_sha256, fingerprint, made_differently,
+    read_manifest, refusal, write_json_atomically, write_shard, write_text_atomically,
 )
 from extend.data.mixture import draw_stage
 from extend.data.packing import DRAW_MARGIN, PACKERS, Piece, materialize
@@ -56,7 +59,8 @@ def check_data(data: DataConfig) -> list[str]:
 
 
 def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
-    """Write the dataset `cfg` describes to `cfg.data.output_dir` (or find it already there); its path."""
+    """Write the dataset `cfg` describes to its folder (data.output_dir, by default named after the data), or
+    find it already there; its path."""
     data = cfg.data
     problems = (check_data(data) + check_sources(data.sources) + check_curriculum(cfg.curriculum)
                 + check_stage_weights(cfg.curriculum, data.sources))
@@ -74,21 +78,23 @@ def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "inputs_fingerprint": fingerprint({n: raws[n].digest for n in names}),
     }
-    out = Path(data.output_dir)
+    out = dataset_dir(cfg)
     existing = read_manifest(out)
     if existing is not None and all(existing[k] == v for k, v in identity.items()):
         shutil.rmtree(out / WORK, ignore_errors=True)
-        log(f"{out}: up to date with this config, nothing to do")
+        log(f"{out}: up to date with this config, nothing to do (its summary: {out / SUMMARY})")
         return out
     _claim(out, existing, identity, config, data.overwrite)
 
     sources = _tokenize(raws, names, data, tokenizer, out / WORK)
     stages = [_write_stage(plan, sources, names, data, tokenizer, out) for plan in plans]
     manifest = _manifest(identity, config, data, cfg.curriculum.tokens_per_step, tokenizer, raws, sources, stages)
+    report = summary(manifest)
+    write_text_atomically(report, out / SUMMARY)
     write_json_atomically(manifest, out / MANIFEST)
     shutil.rmtree(out / WORK)
-    log(summary(manifest))
-    log(f"dataset written to {out}")
+    log(report.rstrip("\n"))
+    log(f"dataset written to {out} (this summary is saved as {out / SUMMARY})")
     return out
 
 
@@ -120,11 +126,7 @@ def _claim(out: Path, existing: dict | None, identity: dict, config: dict, overw
     run_file = out / WORK / "run.json"
     if existing is not None:
         if not overwrite:
-            diffs = config_differences(existing["config"], config)
-            diffs += [k.replace("_fingerprint", " changed") for k in identity if k != "config_fingerprint"
-                      and existing[k] != identity[k]]
-            raise ConfigError([f"data.output_dir={str(out)!r} holds a complete dataset made differently ("
-                               + "; ".join(diffs) + "); set data.overwrite=true to replace it or choose another data.output_dir"])
+            raise ConfigError([refusal(out, made_differently(existing, {**identity, "config": config}), config)])
         clear(out)
     elif (out / WORK).exists():
         # An interrupted run: resume it if it had the same identity, else nothing in it is reusable.

@@ -1,15 +1,23 @@
 """`run_eval`: validate everything, prepare the items once, score each compared model, write the results.
 
-Order matters: every check that needs no weights (config values, model paths, rope methods, tokenizer,
-items and their lengths against each model's addressable length, Hub reachability) runs first and fails
-with one ConfigError listing every problem; only then is any model loaded, one at a time.
+Order matters: every check that needs no weights (config values, the output folder, model paths, rope
+methods, tokenizer, items and their lengths against each model's addressable length, Hub reachability) runs
+first and fails with one ConfigError listing every problem; only then is any model loaded, one at a time.
+
+Every evaluation has a folder of its own, <model folder>/eval/<name> (evaluation_name): the one at the end
+of training is `after_training`, another is named by eval.name or by its tasks and a fingerprint of what
+decides its results. A folder holding a different evaluation is never replaced unless eval.overwrite=true.
 """
 
 from __future__ import annotations
 
 import datetime
 import gc
+import hashlib
+import json
 import math
+import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +29,15 @@ from extend.eval.loading import Condition, build_model, check_tokenizer, load_to
 from extend.eval.registry import TASKS
 from extend.eval.report import write_outputs
 from extend.eval.schema import SCHEMA_VERSION
+
+# The folder name of the evaluation extend/train.py runs on its export (eval.after_training).
+AFTER_TRAINING = "after_training"
+# What an evaluation records about itself next to eval.json, to tell whether a rerun is the same evaluation.
+IDENTITY = "evaluation.json"
+# Files an evaluation writes in its folder (and may therefore replace).
+WRITTEN = ("eval.json", "report.md", "*.png", IDENTITY)
+# eval.* keys that decide where or how fast an evaluation runs, not what it measures.
+RUNTIME_KEYS = ("output_dir", "overwrite", "after_training", "batch_size")
 
 
 def check_eval_config(cfg: EvalConfig) -> list[str]:
@@ -52,14 +69,85 @@ def check_eval_config(cfg: EvalConfig) -> list[str]:
     return problems
 
 
+def evaluation_identity(cfg: ExtendConfig) -> dict:
+    """What decides an evaluation's results: the eval keys (less where and how fast it runs), the rope
+    method applied at load time and the model settings (less its path: the folder is the model's)."""
+    ecfg = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(cfg.eval), resolve=True).items()
+            if k not in RUNTIME_KEYS}
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "name_or_path"}
+    return json.loads(json.dumps({"eval": ecfg, "rope": asdict(cfg.rope), "model": model}, default=str))
+
+
+def evaluation_name(cfg: ExtendConfig) -> str:
+    """eval.name when set, else `<tasks>-<8 hex digits of the identity's fingerprint>`, e.g.
+    `perplexity+passkey-3f1c0a9b`: the same evaluation gets the same folder, a different one another."""
+    if cfg.eval.name:
+        return _slug(cfg.eval.name)
+    digest = hashlib.sha256(json.dumps(evaluation_identity(cfg), sort_keys=True).encode()).hexdigest()
+    return f"{_slug('+'.join(cfg.eval.tasks))[:60]}-{digest[:8]}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "eval"
+
+
 def output_dir(cfg: ExtendConfig, model_given: bool) -> Path:
-    """eval.output_dir, else <model folder>/eval for a local model, else <output_dir>/eval."""
+    """eval.output_dir, else <model folder>/eval/<evaluation_name> for a local model, else
+    <output_dir>/eval/<evaluation_name>."""
     if cfg.eval.output_dir:
         return Path(cfg.eval.output_dir).expanduser()
     local = Path(cfg.model.name_or_path).expanduser()
-    if not model_given and local.is_dir():
-        return local / "eval"
-    return Path(cfg.output_dir) / "eval"
+    root = local if not model_given and local.is_dir() else Path(cfg.output_dir)
+    return root / "eval" / evaluation_name(cfg)
+
+
+def folder_problems(out: Path, identity: dict, overwrite: bool) -> list[str]:
+    """Why `out` may not receive this evaluation: it holds a different one (refused unless overwrite)."""
+    if overwrite or not (out / "eval.json").exists():
+        return []
+    recorded = out / IDENTITY
+    if recorded.is_file():
+        stored = json.loads(recorded.read_text())
+        differences = _differing_keys(stored, identity)
+        if not differences:
+            return []
+        what = "another evaluation (differs in: " + ", ".join(differences[:4]) + (
+            f" and {len(differences) - 4} more" if len(differences) > 4 else "") + ")"
+    else:
+        what = f"an evaluation without {IDENTITY} (made elsewhere or by an older version)"
+    return [f"{out} holds {what}: set eval.overwrite=true to replace it, or give this one its own folder "
+            "(eval.name=NAME or eval.output_dir=PATH)"]
+
+
+def _differing_keys(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _claim(out: Path, identity: dict) -> None:
+    """Empty `out` of an earlier evaluation's files (the check above allowed it) and record this one."""
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in WRITTEN:
+        for path in out.glob(pattern):
+            path.unlink()
+    (out / IDENTITY).write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def quiet_long_inputs(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Silence the tokenizer's "Token indices sequence length is longer than the specified maximum" warning.
+
+    The evaluation tokenises whole documents and prompts longer than `model_max_length` on purpose: it cuts
+    perplexity windows itself and checks every input against the length each model addresses (prepare
+    below), so the warning would only ever be noise. transformers warns once per tokenizer and remembers it
+    in this flag; setting it says "already warned" for this tokenizer only, and every other warning stays.
+    """
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
 
 
 def _typed(cfg: ExtendConfig | DictConfig) -> ExtendConfig:
@@ -71,6 +159,7 @@ def prepare(cfg: ExtendConfig, model: PreTrainedModel | None = None,
     """Every check and every item, before any weights load. Raises one ConfigError with all problems."""
     ecfg = cfg.eval
     problems = check_eval_config(ecfg)
+    problems += folder_problems(output_dir(cfg, model is not None), evaluation_identity(cfg), ecfg.overwrite)
     conditions, found = resolve_conditions(cfg, model)
     problems += found
     if tokenizer is None:
@@ -81,6 +170,7 @@ def prepare(cfg: ExtendConfig, model: PreTrainedModel | None = None,
             problems += err.problems
     if tokenizer is not None:
         problems += check_tokenizer(tokenizer)
+        quiet_long_inputs(tokenizer)
     if problems:
         raise ConfigError(problems)
 
@@ -110,7 +200,8 @@ def prepare(cfg: ExtendConfig, model: PreTrainedModel | None = None,
 def run_eval(cfg: ExtendConfig | DictConfig, model: PreTrainedModel | None = None,
              tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
     """Evaluate `model` (or cfg.model) and every `eval.comparisons` entry on the same items; write
-    eval.json, report.md and plots to `output_dir(cfg)`; return the eval.json content.
+    eval.json, report.md and plots to `output_dir(cfg)` (with evaluation.json, what decided the results);
+    return the eval.json content.
 
     A model handed in (end of training) is evaluated as it is: `cfg.rope` is already in its config.
     """
@@ -127,6 +218,7 @@ def run_eval(cfg: ExtendConfig | DictConfig, model: PreTrainedModel | None = Non
         "complete": False,
         "results": {},
     }
+    _claim(out, evaluation_identity(cfg))
     for condition in conditions:
         built = build_model(condition, cfg.seed)
         data["results"][condition.name] = {

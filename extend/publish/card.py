@@ -16,7 +16,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
 
 from extend.eval.report import render_sections
-from extend.publish.export_info import BaseModel, ExportInfo
+from extend.publish.export_info import AFTER_TRAINING, BaseModel, ExportInfo
 from extend.rope import METHODS
 
 TASK_TYPE = "text-generation"
@@ -227,7 +227,9 @@ def _evaluation(info: ExportInfo) -> list[str]:
     if not info.eval:
         return ["Not evaluated before publishing (`python -m extend.eval model=PATH` measures a checkpoint)."]
     cfg = info.eval["config"]
+    origin = " (the one training ran on its export)" if info.eval_name == AFTER_TRAINING else ""
     return [
+        f"Evaluation `{info.eval_name}`{origin}. "
         f"Measured with `extend.eval` on this checkpoint (`{info.eval['conditions'][0]['name']}`), every compared "
         f"model answering the same items (seed {cfg['seed']}, tasks {', '.join(cfg['tasks'])}). † = beyond the "
         "length that model addresses. Raw results: [eval/eval.json](eval/eval.json); report: "

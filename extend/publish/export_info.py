@@ -13,6 +13,7 @@ import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from extend.config import ConfigError
+from extend.eval.runner import AFTER_TRAINING
 from extend.eval.schema import validate as validate_eval_json
 from extend.models import tiny_base
 from extend.models.presets import PRESETS
@@ -60,6 +61,26 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path} is not valid JSON ({err}); export the run again"]) from err
 
 
+def evaluations(final: Path) -> list[str]:
+    """The evaluations of an export: the folders final/eval/<name>/ that hold an eval.json."""
+    return sorted(p.parent.name for p in (final / "eval").glob("*/eval.json"))
+
+
+def choose_evaluation(final: Path, wanted: str | None) -> str | None:
+    """publish.eval, else after_training, else the only evaluation, else None when there is none."""
+    found = evaluations(final)
+    listing = ", ".join(found) if found else "none"
+    if wanted is not None:
+        if wanted not in found:
+            raise ConfigError([f"publish.eval={wanted!r}: {final / 'eval'} holds no such evaluation (it holds: "
+                               f"{listing}); choose one of them, or evaluate with `python -m extend.eval model={final}`"])
+        return wanted
+    if AFTER_TRAINING in found or len(found) <= 1:
+        return AFTER_TRAINING if AFTER_TRAINING in found else (found[0] if found else None)
+    raise ConfigError([f"{final / 'eval'} holds {len(found)} evaluations ({listing}) and none is the run's own "
+                       f"({AFTER_TRAINING}): choose the one the card carries with publish.eval=NAME"])
+
+
 @dataclass
 class ExportInfo:
     final: Path
@@ -70,9 +91,13 @@ class ExportInfo:
     # The run's command-line overrides, from the .hydra/overrides.yaml Hydra wrote into the run folder
     # (None when the run was started from Python, not the command line).
     overrides: list[str] | None
+    # Which evaluation `eval` is: its folder final/eval/<eval_name>/ (None when there is no evaluation).
+    eval_name: str | None = None
 
     @classmethod
-    def read(cls, final: Path) -> ExportInfo:
+    def read(cls, final: Path, evaluation: str | None = None) -> ExportInfo:
+        """What `final` says about itself, with the evaluation `evaluation` (choose_evaluation's default
+        when None)."""
         required = ("run_card.json", "config.json", "tokenizer_config.json")
         missing = [name for name in required if not (final / name).is_file()]
         if missing:
@@ -81,17 +106,18 @@ class ExportInfo:
         run_card = _read_json(final / "run_card.json")
         if "config" not in run_card:
             raise ConfigError([f"{final / 'run_card.json'} has no 'config' (the composed config of the run); export the run again"])
-        eval_data = None
-        if (final / "eval" / "eval.json").is_file():
-            eval_data = _read_json(final / "eval" / "eval.json")
+        eval_data, name = None, choose_evaluation(final, evaluation)
+        if name is not None:
+            path = final / "eval" / name / "eval.json"
+            eval_data = _read_json(path)
             problems = validate_eval_json(eval_data)
             if problems:
-                raise ConfigError([f"{final / 'eval' / 'eval.json'} does not follow its schema ({problems[0]}); evaluate "
-                                   f"again with `python -m extend.eval model={final}`"])
+                raise ConfigError([f"{path} does not follow its schema ({problems[0]}); evaluate again with "
+                                   f"`python -m extend.eval model={final}`, or choose another with publish.eval"])
         overrides_file = final.parent / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
         return cls(final, run_card, _read_json(final / "config.json"), _read_json(final / "tokenizer_config.json"),
-                   eval_data, overrides)
+                   eval_data, overrides, name)
 
     @property
     def config(self) -> dict[str, Any]:

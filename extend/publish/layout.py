@@ -26,6 +26,7 @@ TOKENIZER = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "chat_template.json",
 )
+# In the repository; an export holds each evaluation in eval/<name>/ and publishes the chosen one as eval/.
 EVAL = ("eval/eval.json", "eval/report.md", "eval/*.png")
 ADAPTER = ("adapter_config.json", "adapter_model.safetensors")
 RUN_CARD = "run_card.json"
@@ -52,8 +53,14 @@ def is_allowed(relpath: str, layout: str) -> bool:
                for pattern in ALLOWED[layout])
 
 
-def published_name(export_relpath: str, layout: str) -> str | None:
-    """The repository path of an export file, or None when the layout does not publish it."""
+def published_name(export_relpath: str, layout: str, evaluation: str | None = None) -> str | None:
+    """The repository path of an export file, or None when the layout does not publish it. Of the export's
+    evaluations (eval/<name>/...), only `evaluation` is published, as eval/..."""
+    if export_relpath.startswith("eval/"):
+        parts = export_relpath.split("/")
+        if evaluation is None or len(parts) != 3 or parts[1] != evaluation:
+            return None
+        export_relpath = f"eval/{parts[2]}"
     if layout == "adapter_only":
         if export_relpath.startswith("adapter/") and export_relpath[len("adapter/"):] in ADAPTER:
             return export_relpath[len("adapter/"):]

@@ -15,7 +15,7 @@ from typing import Callable
 from extend.config import ConfigError, ExtendConfig, PublishConfig
 from extend.publish import layout
 from extend.publish.card import human_size, reload_how
-from extend.publish.export_info import BaseModel, ExportInfo
+from extend.publish.export_info import AFTER_TRAINING, BaseModel, ExportInfo, evaluations
 from extend.publish.hub import NO_TOKEN, PublishError, hub_token, repo_id_problems, repo_url, upload
 from extend.publish.scrub import machine_paths
 from extend.publish.stage import stage
@@ -50,6 +50,10 @@ def training_problems(cfg: ExtendConfig) -> list[str]:
                         "publish.run, or publish another run with `python -m extend.publish run=...`")
     if not pub.dry_run and not hub_token():
         problems.append(NO_TOKEN)
+    if pub.eval is not None and (pub.eval != AFTER_TRAINING or not cfg.eval.after_training):
+        problems.append(f"publish.eval={pub.eval!r}: training publishes the evaluation it runs itself "
+                        f"({AFTER_TRAINING}, with eval.after_training=true); remove publish.eval, or publish another "
+                        "evaluation later with `python -m extend.publish run=... publish.eval=NAME`")
     if pub.adapter_only:
         problems += adapter_only_problems(cfg.adapter.type != "full", cfg.rope.type,
                                           BaseModel.of(cfg.model.name_or_path, cfg.model.revision))
@@ -81,7 +85,7 @@ def publish_run(cfg: PublishConfig, run_dir: str | Path | None = None, log: Call
         problems.append(NO_TOKEN)
     if problems:
         raise ConfigError(problems)
-    info = ExportInfo.read(final)
+    info = ExportInfo.read(final, cfg.eval)
     if cfg.adapter_only:
         problems = adapter_only_problems(info.has_adapter, info.config["rope"]["type"], info.base)
         if problems:
@@ -117,6 +121,12 @@ def publish_run(cfg: PublishConfig, run_dir: str | Path | None = None, log: Call
     width = max(map(len, files))
     for rel, size in files.items():
         log(f"  {rel:<{width}}  {human_size(size):>10}")
+    others = [name for name in evaluations(final) if name != info.eval_name]
+    log(f"evaluation in the card and in eval/: {info.eval_name} ({final / 'eval' / info.eval_name})"
+        if info.eval_name else "no evaluation in the card (final/eval/ holds none)")
+    if others:
+        log(f"other evaluations, not published (publish.eval=NAME picks another): {', '.join(others)}")
+    left_out = [rel for rel in left_out if not rel.startswith("eval/")]
     if left_out:
         log(f"left out of the export (not part of a published checkpoint): {', '.join(left_out)}")
     visibility = "private" if cfg.private else "public"

@@ -63,14 +63,14 @@ def stage(info: ExportInfo, cfg: PublishConfig, folder: Path) -> list[str]:
     public = public_view(info, cfg.repo_id)
     left_out = []
     for rel in layout.files_under(info.final):
-        dest = layout.published_name(rel, name)
+        dest = layout.published_name(rel, name, info.eval_name)
         if dest is None:
             left_out.append(rel)
         elif rel == layout.RUN_CARD:
             _write_json(folder / dest, public.run_card)
-        elif rel == "eval/eval.json":
+        elif dest == "eval/eval.json":
             _write_json(folder / dest, public.eval)
-        elif rel == "eval/report.md" and public.eval is not None:
+        elif dest == "eval/report.md" and public.eval is not None:
             (folder / dest).write_text(render_report(public.eval))
         elif Path(rel).name == "adapter_config.json":
             # peft records where the base was loaded from (a local cache path for a project-built base):
