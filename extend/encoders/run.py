@@ -20,7 +20,7 @@ from functools import partial
 
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-from extend.config import ConfigError, EncoderConfig, ExtendConfig, RopeConfig
+from extend.config import ConfigError, EncoderConfig, EncoderRootConfig, RopeConfig
 from extend.encoders.encode import POOLINGS, Reader
 from extend.encoders.eval import BUILT_IN_SETS, Variant, build_sets, evaluate
 from extend.encoders.export import save_encoder
@@ -91,7 +91,7 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     return problems
 
 
-def run_encoder(cfg: ExtendConfig) -> dict:
+def run_encoder(cfg: EncoderRootConfig) -> dict:
     """The whole run; returns what eval.json holds."""
     enc = cfg.encoder
     if enc.model is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PretrainedConfig
 
-from extend.config import ConfigError, ExtendConfig, VisionConfig
+from extend.config import ConfigError, VisionConfig, VisionRootConfig
 from extend.models.loading import DTYPES, torch_dtype
 from extend.models.standalone import device_problems, resolve_device
 from extend.rope import ResolvedRope
@@ -23,7 +23,7 @@ from extend.vision.model import (PRESETS, build_model, extended_config, family_p
                                  original_length, resolve_text_rope)
 from extend.vision.train import evaluate, fine_tune
 
-def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
+def check_vision(cfg: VisionRootConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
     """(the bound rope method, every problem with the vision settings for this model), before any weights."""
     vis: VisionConfig = cfg.vision
     problems = family_problems(config)
@@ -67,7 +67,7 @@ def check_vision(cfg: ExtendConfig, config: PretrainedConfig) -> tuple[ResolvedR
     return resolved, problems
 
 
-def run_vision(cfg: ExtendConfig) -> dict:
+def run_vision(cfg: VisionRootConfig) -> dict:
     """The whole run; returns what eval.json holds."""
     vis = cfg.vision
     if vis.model is None:
