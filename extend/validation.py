@@ -160,7 +160,6 @@ def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None)
 
 def training_problems(cfg: DecoderConfig, processes: int | None = None) -> list[str]:
     """Every problem of a training run, as a list (see validate_training)."""
-    from extend.data.curriculum import check_stage_weights
     from extend.data.prepare import check_data
     from extend.data.sources import check_sources
     from extend.training.distributed import launched_processes
