@@ -9,7 +9,8 @@ import extend  # noqa: F401  (registers entropy_abf, so every recipe composes)
 from extend.cli import run_cli
 from extend.commands import command_line
 from extend.data.prepare import prepare
+from extend.validation import validate_prep
 
 if __name__ == "__main__":
     # The dataset folder describes itself (manifest.json): no Hydra run folder or log files.
-    run_cli(prepare, job_name="data_prep", quiet=True, argv=command_line("prep"))
+    run_cli(prepare, job_name="data_prep", quiet=True, validate=validate_prep, argv=command_line("prep"))

@@ -1,18 +1,20 @@
-"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+"""Typed schemas for every config group and the three program roots, registered with Hydra's ConfigStore.
 
-The schemas are the only place defaults live. Hydra merges `conf/config.yaml`, the group files and the
-recipe on top of them in struct mode, so a misspelt key fails at composition and names the file and key.
-Cross-field checks that need the model (lengths, head dims, layer counts) run in `extend.rope.resolve`
-before any weights are loaded.
+The schemas are the only place defaults live. Each program composes its own root (`conf/config.yaml` for
+the decoder programs, `conf/encoder.yaml`, `conf/vision.yaml`), which lists only the groups that program
+reads; Hydra merges the group files and the recipe on top of the schema in struct mode, so a misspelt key
+fails at composition and `typed` refuses a key appended with `+` that the schema does not define. Every
+check of values runs in one `validate` per program (extend/validation.py), before anything is written.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -552,12 +554,19 @@ class VisionConfig:
 
 
 @dataclass
-class ExtendConfig:
-    """The composed config of one run."""
+class RunConfig:
+    """What every program's root holds: the run's name, its folder and the seed."""
 
     run_name: str = "tiny"
     output_dir: str = "outputs/${run_name}"
     seed: int = 0
+
+
+@dataclass
+class DecoderConfig(RunConfig):
+    """The decoder root (conf/config.yaml): prep, train, eval, inspect and publish. The target length is
+    rope.factor x rope.original_max_position_embeddings (the base's max_position_embeddings by default)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -567,13 +576,89 @@ class ExtendConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     accelerate: AccelerateConfig = field(default_factory=AccelerateConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+
+
+# The name most of the code knows the decoder root by.
+ExtendConfig = DecoderConfig
+
+
+@dataclass
+class EncoderRootConfig(RunConfig):
+    """The encoder root (conf/encoder.yaml): `python -m extend.encoders`. The target length is
+    encoder.target_length; a RoPE encoder's rope.factor is derived from it (leave rope.factor at 1)."""
+
+    run_name: str = "encoder"
+    rope: RopeConfig = field(default_factory=RopeConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+@dataclass
+class VisionRootConfig(RunConfig):
+    """The vision root (conf/vision.yaml): `python -m extend.vision`. The target length is
+    vision.target_length; rope.factor is derived from it (leave rope.factor at 1)."""
+
+    run_name: str = "vision"
+    rope: RopeConfig = field(default_factory=RopeConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
 
+# program -> (the root config file in conf/, its schema, the command that runs it)
+ROOTS = {
+    "decoder": ("config", DecoderConfig, "python extend/train.py"),
+    "encoder": ("encoder", EncoderRootConfig, "python -m extend.encoders"),
+    "vision": ("vision", VisionRootConfig, "python -m extend.vision"),
+}
+SCHEMA_NAMES = {"decoder": "extend_schema", "encoder": "encoder_schema", "vision": "vision_schema"}
+
+
 def register_configs() -> None:
-    """Register the schema that `conf/config.yaml` lists first in its defaults."""
-    ConfigStore.instance().store(name="extend_schema", node=ExtendConfig)
+    """Register each root's schema, listed first in the defaults of its root file in conf/."""
+    for program, name in SCHEMA_NAMES.items():
+        ConfigStore.instance().store(name=name, node=ROOTS[program][1])
 
 
 register_configs()
+
+
+def recipe_program(name: str) -> str | None:
+    """The program a recipe in recipes/ belongs to (decoder, encoder or vision), from the groups it sets;
+    None when no such recipe file exists there."""
+    import yaml
+
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    keys = set((yaml.safe_load(path.read_text()) or {}).keys())
+    return "encoder" if "encoder" in keys else "vision" if "vision" in keys else "decoder"
+
+
+def unknown_keys(node: Any, schema: Any = None, prefix: str = "") -> list[str]:
+    """Keys in a composed config that its schema does not define (Hydra lets `+group.key=value` append
+    them to a typed node, where they would do nothing): every dotted key, at any depth."""
+    found: list[str] = []
+    if isinstance(node, (DictConfig, ListConfig)) and (node._is_none() or node._is_missing()):
+        return found
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            found += unknown_keys(item, None, f"{prefix}[{i}]")
+        return found
+    if not isinstance(node, DictConfig):
+        return found
+    schema = schema or OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    for key in node.keys():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if known is not None and key not in known:
+            found.append(name)
+        else:
+            found += unknown_keys(node._get_node(key), None, name)
+    return found
+
+
+def typed(cfg: DictConfig) -> Any:
+    """The composed config as its dataclasses, refusing keys the schema does not define."""
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ConfigError([f"{key}: no such key in the schema (extend/config.py); check its spelling, "
+                           "or drop it" for key in extra])
+    return OmegaConf.to_object(cfg)

@@ -1,20 +1,19 @@
 """Extend a model's context window: `accelerate launch extend/train.py recipe=NAME [overrides]`.
 
-Also runs as `python extend/train.py ...` or `python -m extend.train ...`. Reads top to bottom:
+Also runs as `python extend/train.py ...` or `python -m extend.train ...`; `--check` composes and
+validates the config, prints one line and exits (0: ok, 2: the problems), writing nothing. Reads top to
+bottom, as a recipe:
 
-    main: compose + validate -> setup (tokenizer, data, model with its position method, adapter,
-          optimizer, resume) -> fit (curriculum stages, checkpoints) -> export (merged model, adapter,
-          run card) -> optional evaluation -> optional publishing (publish.repo_id)
+    validate (every problem, before anything is written) -> setup_accelerator -> setup_tokenizer ->
+    setup_data -> setup_model -> setup_optimizer -> setup_state (resume) -> fit (curriculum stages,
+    checkpoints) -> export (merged model, adapter, run card) -> optional evaluation -> optional publishing
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import hashlib
-import json
-import shutil
 import signal
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -33,61 +32,37 @@ from accelerate.utils import set_seed
 from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedConfig, PreTrainedTokenizerBase
-from transformers.integrations import unset_hf_deepspeed_config
+from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, load_trainable_state, trainable_state
-from extend.cli import run_cli
-from extend.config import ConfigError, ExtendConfig, RopeConfig
-from extend.data.curriculum import check_stage_weights
+from extend.cli import command_line, run_cli
+from extend.config import DecoderConfig, ExtendConfig, RopeConfig  # noqa: F401  (ExtendConfig: the old name)
+from extend.data.curriculum import plan_stages
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
-from extend.models import attention_for, load_base_config, load_base_model, save_extended, set_rope_theta
+from extend.models import load_base_config, load_base_model, save_extended, set_rope_theta
 from extend.models.packed_attention import restore_attention, use_packed_attention
 from extend.models.tokenizer import load_tokenizer
-from extend.rope import apply_rope, config_served_lengths, methods_reading, resolve_rope
+from extend.rope import apply_rope, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import (
     Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
 )
-from extend.training.distributed import StopRequest, build_accelerator, check_accelerate, is_deepspeed
-from extend.training.loss import causal_lm_loss_sum, shifted_targets
+from extend.training.distributed import StopRequest, build_accelerator, is_deepspeed
+from extend.training.loss import shifted_targets
+from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, without_zero3_init
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
-from extend.training.schedule import SCHEDULES, build_scheduler
+from extend.training.run_config import LOGS, config_fingerprint, finished_export, flat_config, record_config, tracker_for
+from extend.training.schedule import build_scheduler
+from extend.validation import check_training, validate_training  # noqa: F401  (check_training: tests, bench)
 
-# Keys that change what a run computes; the rest (logging, resume policy, step cap) may differ on resume.
-# How the run is distributed is checked against the checkpoint's format instead (check_resumable).
-_NOT_FINGERPRINTED = {"train": ("resume", "log_every", "tracker", "max_steps", "checkpoint_every", "keep_checkpoints")}
-_NOT_FINGERPRINTED_GROUPS = ("accelerate",)
-
-
-def causal_lm_of(model: nn.Module) -> nn.Module:
-    """The transformers causal LM inside a peft wrapper (LoRA layers are injected in place)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-class ChunkedCausalLM(nn.Module):
-    """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
-
-    def __init__(self, model: nn.Module, chunk_size: int):
-        super().__init__()
-        self.model = model
-        self.chunk_size = chunk_size
-
-    @property
-    def causal_lm(self) -> nn.Module:
-        return causal_lm_of(self.model)
-
-    def forward(self, input_ids, labels, position_ids):
-        lm = self.causal_lm
-        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size)
+__all__ = ["Run", "check_training", "export", "fit", "setup", "train", "train_step"]
 
 
 @dataclass
 class Run:
-    cfg: ExtendConfig
+    cfg: DecoderConfig
     accelerator: Accelerator
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
@@ -102,148 +77,103 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        total = sum(s.steps for s in self.stages)
-        return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+        return planned_steps(self.cfg, sum(s.steps for s in self.stages))
+
+    @property
+    def adapted(self) -> nn.Module:
+        """The adapted model (peft wrapper or plain causal LM) inside what accelerate prepared."""
+        return adapted_model(self.accelerator, self.model)
 
 
-def config_fingerprint(cfg: ExtendConfig) -> str:
-    data = asdict(cfg)
-    for group in _NOT_FINGERPRINTED_GROUPS:
-        data.pop(group)
-    for group, keys in _NOT_FINGERPRINTED.items():
-        for key in keys:
-            data[group].pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def planned_steps(cfg: DecoderConfig, curriculum_steps: int) -> int:
+    """The optimizer steps this run trains: the curriculum's, capped by train.max_steps."""
+    return curriculum_steps if cfg.train.max_steps is None else min(curriculum_steps, cfg.train.max_steps)
 
 
-def check_training(cfg: ExtendConfig, world_size: int, addressable: int) -> list[str]:
-    """Training-loop problems that do not need the model's weights (data and rope are checked where they load)."""
-    t, problems = cfg.train, []
-    if t.lr_schedule not in SCHEDULES:
-        problems.append(f"train.lr_schedule={t.lr_schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
-    if t.mixed_precision not in ("no", "bf16", "fp16"):
-        problems.append(f"train.mixed_precision={t.mixed_precision!r}: choose no, bf16 or fp16")
-    if t.resume not in ("auto", "never"):
-        problems.append(f"train.resume={t.resume!r}: choose auto (continue the newest checkpoint) or never")
-    if t.micro_batch_size < 1 or t.learning_rate <= 0 or t.keep_checkpoints < 1:
-        problems.append("train.micro_batch_size and train.keep_checkpoints must be >= 1, train.learning_rate > 0")
-    problems += check_stage_weights(cfg.curriculum, cfg.data.sources)
-    stage_bases = [s.rope_theta for s in cfg.curriculum.stages]
-    if any(b is not None for b in stage_bases):
-        if cfg.rope.type not in methods_reading("rope_theta"):
-            problems.append(f"curriculum.stages[].rope_theta needs rope.type {' or '.join(methods_reading('rope_theta'))}, "
-                            f"not {cfg.rope.type!r}")
-        elif stage_bases[-1] is not None and stage_bases[-1] != cfg.rope.rope_theta:
-            problems.append(
-                f"the last curriculum stage's rope_theta={stage_bases[-1]} differs from rope.rope_theta="
-                f"{cfg.rope.rope_theta}, which the export carries: make them equal"
-            )
-    for i, stage in enumerate(cfg.curriculum.stages):
-        rows = cfg.curriculum.tokens_per_step // stage.length
-        if rows % (t.micro_batch_size * world_size):
-            problems.append(
-                f"curriculum.stages[{i}]: {rows} rows per step do not split into micro-batches of "
-                f"{t.micro_batch_size} on {world_size} process(es); change train.micro_batch_size or tokens_per_step"
-            )
-        if stage.length > addressable:
-            problems.append(
-                f"curriculum.stages[{i}].length={stage.length} is longer than the {addressable} positions the model "
-                "addresses with this rope config: raise rope.factor or shorten the stage"
-            )
-    return problems
+def train(cfg: DecoderConfig) -> Path:
+    """The whole run for a composed, typed config: validate, then run; returns the export folder."""
+    validate_training(cfg)
+    return run_validated(cfg)
 
 
-def stage_rope_theta(cfg: ExtendConfig, index: int) -> float | None:
-    """The RoPE base of curriculum stage `index`: its own, else rope.rope_theta; None when no stage sets one."""
-    bases = [s.rope_theta for s in cfg.curriculum.stages]
-    if all(b is None for b in bases):
-        return None
-    return bases[index] if bases[index] is not None else cfg.rope.rope_theta
+def run_validated(cfg: DecoderConfig) -> Path:
+    """The run of a config validate_training accepted (the command line validates before calling this)."""
+    run_dir = Path(cfg.output_dir)
+    done = finished_export(run_dir, config_fingerprint(cfg), planned_steps(cfg, sum(p.steps for p in plan_stages(cfg.curriculum))))
+    if done is not None:
+        print(f"{done} was already exported by this config: nothing to do. To train again, choose another run_name "
+              f"or remove {done}")
+        return done
+    run = setup(cfg)
+    with StopRequest() as stop:
+        finished = fit(run, stop)
+    if not finished:
+        run.accelerator.end_training()
+        # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
+        raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+    final = export(run)
+    run.accelerator.end_training()
+    if cfg.eval.after_training and run.accelerator.is_main_process:
+        evaluate_export(cfg, final)
+    if cfg.publish.repo_id is not None and run.accelerator.is_main_process:
+        publish_export(cfg, run.run_dir)
+    return final
 
 
-# train.tracker -> the package accelerate needs for it.
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+# ----------------------------------------------------------------------------------------------- setup
 
 
-def tracker_for(name: str) -> str | None:
-    """The accelerate tracker to log to. TensorBoard is the default only where it is installed."""
-    if name == "none":
-        return None
-    if name not in TRACKERS:
-        raise ConfigError([f"train.tracker={name!r} is unknown; choose none, {', '.join(TRACKERS)}"])
-    if importlib.util.find_spec(TRACKERS[name]) is None:
-        if name == "tensorboard":
-            print("train.tracker=tensorboard: tensorboard is not installed, logging to the console only "
-                  "(pip install tensorboard, or set train.tracker=none to silence this)", file=sys.stderr)
-            return None
-        raise ConfigError([f"train.tracker={name}: the {TRACKERS[name]} package is not installed (pip install {TRACKERS[name]})"])
-    return name
+def setup(cfg: DecoderConfig) -> Run:
+    """Everything the loop needs, for a validated config."""
+    accelerator, tracker = setup_accelerator(cfg)
+    tokenizer, model_config = setup_tokenizer(cfg, accelerator)
+    manifest, stages = setup_data(cfg, accelerator, tokenizer)
+    adapter, model = setup_model(cfg, accelerator, model_config)
+    optimizer, scheduler = setup_optimizer(cfg, model, stages)
+    state, checkpoint = setup_state(cfg, accelerator)
+    if tracker is not None:
+        # TensorBoard writes into <output_dir>/logs; other trackers take the run name as their project.
+        accelerator.init_trackers(LOGS if tracker == "tensorboard" else cfg.run_name, config=flat_config(cfg))
+    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
+    run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest,
+              Path(cfg.output_dir))
+    if checkpoint is not None:
+        resume(run, checkpoint)
+    return run
 
 
-def flat_config(cfg: ExtendConfig) -> dict[str, str | int | float | bool]:
-    """The config as flat scalars, for trackers' hyperparameter tables."""
-    flat = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
-            flat[prefix] = value if isinstance(value, (str, int, float, bool)) else str(value)
-
-    walk("", asdict(cfg))
-    return flat
-
-
-def setup(cfg: ExtendConfig) -> Run:
+def setup_accelerator(cfg: DecoderConfig) -> tuple[Accelerator, str | None]:
+    """The Accelerator for conf/accelerate/ (refusing a launch it cannot see), the seed, and the run record."""
     tracker = tracker_for(cfg.train.tracker)
-    problems = check_accelerate(cfg)
-    if problems:
-        raise ConfigError(problems)
     accelerator = build_accelerator(cfg, tracker)
     set_seed(cfg.seed)
-    run_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        record_config(cfg, Path(cfg.output_dir), command_line())
+    return accelerator, tracker
 
-    # Everything that can be wrong is found before any weights load. What is built once and cached (the
-    # tiny tokenizer, the tiny base) is built by the main process while the others wait.
+
+def setup_tokenizer(cfg: DecoderConfig, accelerator: Accelerator) -> tuple[PreTrainedTokenizerBase, PreTrainedConfig]:
+    """The tokenizer and the base's config with the position method. What is built once and cached (the
+    tiny tokenizer, the tiny base) is built by the main process while the others wait."""
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)
         base_config = load_base_config(cfg.model, tokenizer=tokenizer)
-    resolved = resolve_rope(cfg.rope, base_config)
-    model_config = apply_rope(base_config, resolved)
-    addressable = config_served_lengths(model_config, None)["transformers"]
-    adapter = build_adapter(cfg.adapter)
-    problems = check_training(cfg, accelerator.num_processes, addressable)
-    problems += adapter.check_steps(sum(s.steps for s in cfg.curriculum.stages))
-    problems += check_accelerate(cfg, getattr(model_config, "num_attention_heads", None), accelerator.num_processes)
-    if cfg.publish.repo_id is not None:  # a bad repository id or a missing token fails now, not after training
-        from extend.publish import training_problems
+    return tokenizer, apply_rope(base_config, resolve_rope(cfg.rope, base_config))
 
-        problems += training_problems(cfg)
-    if cfg.eval.after_training:
-        from extend.eval.runner import check_eval_config
 
-        problems += check_eval_config(cfg.eval)
-        too_long = [n for n in cfg.eval.lengths if n > addressable]
-        if too_long and not cfg.eval.extrapolate:
-            problems.append(f"eval.lengths {too_long} exceed the {addressable} positions the export will address; "
-                            "drop them or set eval.extrapolate=true")
-    # The adapter checks module names on a weightless copy of the model (meta device): no memory, no I/O.
-    with without_zero3_init(accelerator), torch.device("meta"):
-        problems += adapter.check(AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa")))
-    if problems:
-        raise ConfigError(problems)
-    if read_manifest(Path(cfg.data.output_dir)) is None:
-        # Tokenising inside a multi-process job races the distributed timeout (LongLoRA #45): only a
-        # single process prepares a missing dataset itself.
-        if accelerator.num_processes > 1:
-            raise ConfigError([f"{cfg.data.output_dir} has no prepared dataset; run `python -m data_prep` with the "
-                               "same recipe and overrides before launching on several processes"])
-        accelerator.print(f"{cfg.data.output_dir} has no dataset yet: preparing it (python -m data_prep does the same)")
+def setup_data(cfg: DecoderConfig, accelerator: Accelerator, tokenizer) -> tuple[dict, list[Stage]]:
+    """The prepared dataset (prepared here on a single process when missing), verified against the config."""
+    folder = Path(cfg.data.output_dir)
+    if read_manifest(folder) is None:  # validation refused this on several processes
+        accelerator.print(f"{folder} has no dataset yet: preparing it (python -m data_prep does the same)")
         prepare(cfg)
-    manifest = verify_dataset(cfg.data.output_dir, cfg, tokenizer)
-    stages = stages_from_manifest(Path(cfg.data.output_dir), manifest)
+    manifest = verify_dataset(folder, cfg, tokenizer)
+    return manifest, stages_from_manifest(folder, manifest)
 
+
+def setup_model(cfg: DecoderConfig, accelerator: Accelerator, model_config: PreTrainedConfig) -> tuple[Adapter, nn.Module]:
+    """The base's weights under the position method, with the adapter attached."""
+    adapter = build_adapter(cfg.adapter)
     model = load_base_model(cfg.model, model_config, seed=cfg.seed, quantize=cfg.adapter.quantize)
     if cfg.train.packed_attention:
         use_packed_attention(model)
@@ -251,64 +181,27 @@ def setup(cfg: ExtendConfig) -> Run:
     if cfg.train.gradient_checkpointing:
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     accelerator.print(f"{cfg.adapter.type}: {adapter.trainable_summary(model)}")
+    return adapter, model
 
+
+def setup_optimizer(cfg: DecoderConfig, model: nn.Module, stages: list[Stage]):
+    """AdamW over the trainable parameters and the learning-rate schedule over the whole curriculum."""
+    t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay
-    )
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
     total_steps = sum(s.steps for s in stages)
-    scheduler = build_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio)
+    return optimizer, build_scheduler(optimizer, t.lr_schedule, t.warmup_steps, total_steps, t.min_lr_ratio)
+
+
+def setup_state(cfg: DecoderConfig, accelerator: Accelerator) -> tuple[TrainState, Checkpoint | None]:
+    """A fresh train state and the newest checkpoint to continue (validation checked it belongs to this run)."""
     state = TrainState(
         config_fingerprint=config_fingerprint(cfg),
         format="deepspeed" if is_deepspeed(accelerator) else "trainable",
         processes=accelerator.num_processes,
         accelerate=cfg.accelerate.name,
     )
-    checkpoint = load_latest(run_dir / "checkpoints")
-    if checkpoint is not None:
-        check_resumable(cfg, checkpoint, state)
-
-    if tracker is not None:
-        accelerator.init_trackers(cfg.run_name, config=flat_config(cfg))
-    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
-    run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest, run_dir)
-    if checkpoint is not None:
-        resume(run, checkpoint)
-    return run
-
-
-@contextlib.contextmanager
-def without_zero3_init(accelerator: Accelerator):
-    """A context in which models build whole, even under ZeRO-3 (whose plugin makes transformers partition
-    every new model). accelerate's own zero3_init_context_manager leaves transformers' flag set."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or not plugin.is_zero3_init_enabled():
-        yield
-        return
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        plugin.set_deepspeed_weakref()
-
-
-def check_resumable(cfg: ExtendConfig, checkpoint: Checkpoint, state: TrainState) -> None:
-    """Refuse a checkpoint this run cannot continue exactly, saying how to continue it."""
-    found, folder = checkpoint.state, checkpoint.folder
-    if cfg.train.resume == "never":
-        raise ConfigError([f"{folder.parent.parent} already has checkpoints; set train.resume=auto or choose another run_name"])
-    if found.config_fingerprint != state.config_fingerprint:
-        raise ConfigError([f"{folder} was written by a different config; resume with the same recipe and overrides, "
-                           "or choose another run_name"])
-    if found.format != state.format:
-        raise ConfigError([f"{folder} holds a {found.format} checkpoint (accelerate={found.accelerate}); resume with "
-                           f"accelerate={found.accelerate}"])
-    if found.format == "deepspeed" and (found.processes, found.accelerate) != (state.processes, state.accelerate):
-        raise ConfigError([
-            f"{folder} holds DeepSpeed shards of accelerate={found.accelerate} on {found.processes} processes; this "
-            f"launch is accelerate={state.accelerate} on {state.processes}. Resume with the same option and process "
-            "count (a ddp run's checkpoints resume on any count)"
-        ])
+    return state, load_latest(Path(cfg.output_dir) / "checkpoints")
 
 
 def resume(run: Run, checkpoint: Checkpoint) -> None:
@@ -317,13 +210,24 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     if checkpoint.state.format == "deepspeed":
         acc.load_state(str(checkpoint.folder / "deepspeed"))
     else:
-        load_trainable_state(acc.unwrap_model(run.model).model, checkpoint.trainable())
+        load_trainable_state(run.adapted, checkpoint.trainable())
         checkpoint.restore_optimizer(run.optimizer, run.scheduler)
         checkpoint.restore_rng()
-    run.adapter.load_state(acc.unwrap_model(run.model).model, checkpoint.state.adapter_state)
+    run.adapter.load_state(run.adapted, checkpoint.state.adapter_state)
     # The run's own process count and option are recorded from here on (a ddp run may change count).
     run.state = replace(checkpoint.state, processes=run.state.processes, accelerate=run.state.accelerate)
     acc.print(f"resumed from {checkpoint.folder} (step {run.state.step})")
+
+
+# ------------------------------------------------------------------------------------------------- fit
+
+
+def stage_rope_theta(cfg: DecoderConfig, index: int) -> float | None:
+    """The RoPE base of curriculum stage `index`: its own, else rope.rope_theta; None when no stage sets one."""
+    bases = [s.rope_theta for s in cfg.curriculum.stages]
+    if all(b is None for b in bases):
+        return None
+    return bases[index] if bases[index] is not None else cfg.rope.rope_theta
 
 
 def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
@@ -333,7 +237,7 @@ def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
     # same however the step is split into micro-batches and processes.
     step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
     batches = micro_batches(rows, cfg.train.micro_batch_size, acc.process_index, acc.num_processes)
-    inner = acc.unwrap_model(run.model).model
+    inner = run.adapted
     loss_total = torch.zeros((), device=acc.device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
@@ -374,16 +278,10 @@ def fit(run: Run, stop: StopRequest | None = None) -> bool:
             state.train_seconds += elapsed
             state.losses.append(loss)
             progress.update(1)
-            run.adapter.after_step(acc.unwrap_model(run.model).model, state.step)
+            run.adapter.after_step(run.adapted, state.step)
             state.adapter_state = run.adapter.state()
             if state.step % cfg.train.log_every == 0 or state.step == run.total_steps:
-                log = StepLog(
-                    state.step, run.total_steps, stage.index, len(run.stages), stage.length, loss,
-                    run.scheduler.get_last_lr()[0], stage.rows_per_step * stage.length / elapsed, peak_memory_gb(),
-                )
-                if acc.is_main_process:
-                    progress.write(log.line())
-                acc.log(log.metrics(), step=state.step)
+                log_step(run, stage, loss, elapsed, progress)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 checkpoint(run)
             if stop is not None and stop.agreed(acc) and state.step < run.total_steps:
@@ -401,6 +299,17 @@ def fit(run: Run, stop: StopRequest | None = None) -> bool:
     return True
 
 
+def log_step(run: Run, stage: Stage, loss: float, elapsed: float, progress) -> None:
+    acc, state = run.accelerator, run.state
+    log = StepLog(
+        state.step, run.total_steps, stage.index, len(run.stages), stage.length, loss,
+        run.scheduler.get_last_lr()[0], stage.rows_per_step * stage.length / elapsed, peak_memory_gb(),
+    )
+    if acc.is_main_process:
+        progress.write(log.line())
+    acc.log(log.metrics(), step=state.step)
+
+
 def checkpoint(run: Run) -> None:
     acc, root, keep = run.accelerator, run.run_dir / "checkpoints", run.cfg.train.keep_checkpoints
     acc.wait_for_everyone()
@@ -416,9 +325,11 @@ def checkpoint(run: Run) -> None:
         if acc.is_main_process:
             commit_checkpoint(root, tmp, run.state, keep)
     elif acc.is_main_process:
-        inner = acc.unwrap_model(run.model).model
-        save_checkpoint(root, run.state, trainable_state(inner), run.optimizer, run.scheduler, keep)
+        save_checkpoint(root, run.state, trainable_state(run.adapted), run.optimizer, run.scheduler, keep)
     acc.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------- export
 
 
 def trained_model(run: Run) -> nn.Module | None:
@@ -429,8 +340,8 @@ def trained_model(run: Run) -> nn.Module | None:
     """
     acc = run.accelerator
     if run.state.format != "deepspeed":
-        return acc.unwrap_model(run.model).model if acc.is_main_process else None
-    names = [name for name, p in acc.unwrap_model(run.model).model.named_parameters() if p.requires_grad]
+        return run.adapted if acc.is_main_process else None
+    names = [name for name, p in run.adapted.named_parameters() if p.requires_grad]
     full = acc.get_state_dict(run.model)  # collective
     if not acc.is_main_process:
         return None
@@ -453,7 +364,7 @@ def export(run: Run) -> Path:
         if cfg.adapter.type != "full":
             run.adapter.save(inner, tmp / "adapter")
         adapter_card = run.adapter.describe(inner)
-        if cfg.adapter.quantize:
+        if cfg.adapter.quantize is not None:
             # Merging into quantized weights would round the result: fold the adapter into the base
             # reloaded at full precision instead.
             base = load_base_model(cfg.model, run.model_config, seed=cfg.seed)
@@ -462,21 +373,7 @@ def export(run: Run) -> Path:
             merged = run.adapter.merged(inner)
         restore_attention(merged)
         save_extended(merged, run.tokenizer, tmp)
-        write_run_card(tmp, {
-            "run_name": cfg.run_name,
-            "config": asdict(cfg),
-            "config_fingerprint": run.state.config_fingerprint,
-            "data_manifest": {k: run.manifest[k] for k in ("config_fingerprint", "tokenizer_fingerprint") if k in run.manifest},
-            "steps": run.state.step,
-            "tokens": run.state.tokens_seen,
-            "train_seconds": round(run.state.train_seconds, 2),
-            "processes": acc.num_processes,
-            "accelerate": asdict(cfg.accelerate),
-            **({"adapter": adapter_card} if adapter_card else {}),
-            "hardware": hardware(),
-            "final_loss": run.state.losses[-1] if run.state.losses else None,
-            "losses": run.state.losses,
-        })
+        write_run_card(tmp, run_card(run, adapter_card))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         acc.print(f"exported {final}")
@@ -484,7 +381,29 @@ def export(run: Run) -> Path:
     return final
 
 
-def evaluate_export(cfg: ExtendConfig, final: Path) -> None:
+def run_card(run: Run, adapter_card: dict | None) -> dict:
+    cfg, state = run.cfg, run.state
+    return {
+        "run_name": cfg.run_name,
+        "config": asdict(cfg),
+        "config_fingerprint": state.config_fingerprint,
+        "data_manifest": {k: run.manifest[k] for k in ("config_fingerprint", "tokenizer_fingerprint") if k in run.manifest},
+        "steps": state.step,
+        "tokens": state.tokens_seen,
+        "train_seconds": round(state.train_seconds, 2),
+        "processes": run.accelerator.num_processes,
+        "accelerate": asdict(cfg.accelerate),
+        **({"adapter": adapter_card} if adapter_card else {}),
+        "hardware": hardware(),
+        "final_loss": state.losses[-1] if state.losses else None,
+        "losses": state.losses,
+    }
+
+
+# ------------------------------------------------------------------------------- evaluation, publishing
+
+
+def evaluate_export(cfg: DecoderConfig, final: Path) -> None:
     """eval.after_training: the exported folder, loaded as a user would, next to eval.comparisons."""
     from extend.eval import run_eval  # the evaluation stack is only needed when asked for
     from extend.eval.runner import AFTER_TRAINING
@@ -499,25 +418,7 @@ def evaluate_export(cfg: ExtendConfig, final: Path) -> None:
     run_eval(evaluated)
 
 
-def train(cfg: ExtendConfig) -> Path:
-    """The whole run for a composed, typed config; returns the export folder."""
-    run = setup(cfg)
-    with StopRequest() as stop:
-        finished = fit(run, stop)
-    if not finished:
-        run.accelerator.end_training()
-        # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
-        raise SystemExit(128 + (stop.signal or signal.SIGTERM))
-    final = export(run)
-    run.accelerator.end_training()
-    if cfg.eval.after_training and run.accelerator.is_main_process:
-        evaluate_export(cfg, final)
-    if cfg.publish.repo_id is not None and run.accelerator.is_main_process:
-        publish_export(cfg, run.run_dir)
-    return final
-
-
-def publish_export(cfg: ExtendConfig, run_dir: Path) -> None:
+def publish_export(cfg: DecoderConfig, run_dir: Path) -> None:
     """publish.repo_id: the export (and its evaluation) verified and uploaded, as `python -m extend.publish` does."""
     from extend.publish import PublishError, publish_run
 
@@ -528,5 +429,10 @@ def publish_export(cfg: ExtendConfig, run_dir: Path) -> None:
                            f"extend.publish run={run_dir} repo_id={cfg.publish.repo_id}`") from err
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The command line: compose the decoder root, validate (--check stops here), run."""
+    run_cli(run_validated, job_name="train", argv=argv, program="decoder", validate=validate_training)
+
+
 if __name__ == "__main__":
-    run_cli(train, job_name="train")
+    main()

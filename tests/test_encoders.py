@@ -16,7 +16,7 @@ import torch
 from transformers import (AutoTokenizer, BertConfig, BertModel, LlamaConfig, MistralConfig, ModernBertConfig, XLMRobertaConfig,
                           XLMRobertaModel)
 
-from extend.config import ConfigError, EncoderConfig, ExtendConfig
+from extend.config import ConfigError, EncoderConfig, EncoderRootConfig
 from extend.encoders import check_target, extend_encoder, family_of, interpolate_table, mapped_position_ids
 from extend.encoders.encode import Reader, embed
 from extend.encoders.eval import ndcg_at_1_per_query
@@ -225,17 +225,19 @@ def test_bad_input_is_one_clear_error_before_any_weights():
 def test_cli_reports_a_target_below_the_original_length(minilm_dir, capsys, tmp_path, monkeypatch):
     from extend.cli import run_cli
     from extend.encoders.__main__ import main
-    monkeypatch.chdir(tmp_path)  # Hydra's job log lands in the run folder
+    from extend.validation import validate_encoder
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        run_cli(main, job_name="encoders", argv=["recipe=minilm_2k", "encoder.target_length=256",
-                                                   "hydra.run.dir=.", "hydra.output_subdir=null"])
+        run_cli(main, job_name="encoders", program="encoder", validate=validate_encoder,
+                argv=["recipe=minilm_2k", "encoder.target_length=256", f"output_dir={tmp_path}/run"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "encoder.target_length: 256 must be a multiple of the model's original length 512" in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_small_end_to_end_run_on_real_minilm(tmp_path):
-    cfg = ExtendConfig(run_name="minilm_smoke", output_dir=str(tmp_path / "run"))
+    cfg = EncoderRootConfig(run_name="minilm_smoke", output_dir=str(tmp_path / "run"))
     cfg.encoder = EncoderConfig(model="all-minilm-l6-v2", target_length=1024)
     cfg.encoder.eval.lengths, cfg.encoder.eval.candidates = [128, 640], 4
     cfg.encoder.train.steps, cfg.encoder.train.batch_size, cfg.encoder.train.lengths = 2, 2, [128, 640]

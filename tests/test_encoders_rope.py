@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, GPT2Config, MistralConfig, MistralModel, ModernBertConfig, ModernBertModel
 
-from extend.config import ConfigError, EncoderConfig, ExtendConfig, RopeConfig
+from extend.config import ConfigError, EncoderConfig, EncoderRootConfig, RopeConfig
 from extend.encoders.encode import Reader, embed
 from extend.encoders.export import save_encoder
 from extend.encoders.extension import plan_extension
@@ -142,7 +142,7 @@ def test_export_reloads_in_stock_transformers_with_the_method(tmp_path, mistral_
 
 
 def test_small_end_to_end_run_on_a_tiny_modernbert(tmp_path, modernbert_dir):
-    cfg = ExtendConfig(run_name="modernbert_smoke", output_dir=str(tmp_path / "run"))
+    cfg = EncoderRootConfig(run_name="modernbert_smoke", output_dir=str(tmp_path / "run"))
     cfg.rope = RopeConfig(type="yarn")
     cfg.encoder = EncoderConfig(model=modernbert_dir, target_length=ORIGINAL * 4)
     cfg.encoder.eval.lengths, cfg.encoder.eval.candidates = [ORIGINAL, ORIGINAL * 4], 4
@@ -180,7 +180,7 @@ def test_bad_input_is_one_clear_error_before_any_weights(tmp_path, modernbert_di
     assert check_encoder(enc, modernbert, RopeConfig(type="yarn")) == [
         "encoder.train.trainable: ['position_embeddings'] matches no parameter of modernbert; use parts of names "
         "such as embeddings, final_norm, layers"]
-    cfg = ExtendConfig(output_dir=str(tmp_path / "never"))
+    cfg = EncoderRootConfig(output_dir=str(tmp_path / "never"))
     cfg.rope = RopeConfig(type="yarn")
     cfg.encoder = EncoderConfig(model=modernbert_dir, target_length=256, append_eos=True)
     cfg.encoder.eval.lengths = [64, 256]

@@ -47,6 +47,11 @@ def test_lora_run_writes_the_documented_files_and_trains_only_the_adapter(make_c
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
     assert {p.name for p in (run / "checkpoints" / "step-000006").iterdir()} == CHECKPOINT_FILES
 
+    # Rerunning the finished run says so and touches nothing (no re-export, no re-evaluation).
+    stamp = (final / "model.safetensors").stat().st_mtime_ns
+    assert train(cfg) == final
+    assert (final / "model.safetensors").stat().st_mtime_ns == stamp
+
     card = json.loads((final / "run_card.json").read_text())
     assert card["steps"] == 6 and card["tokens"] == 6 * 512 and len(card["losses"]) == 6
     assert card["config"]["rope"]["type"] == "linear"
@@ -134,9 +139,9 @@ def test_bad_input_fails_before_training(make_config, overrides, message):
 
 
 def test_cli_rejects_an_unknown_recipe_and_key():
-    for args, message in ((["recipe=no_such_recipe"], "Could not find 'recipe/no_such_recipe'"), (["train.learning_rat=1"], "train.learning_rat")):
+    for args, message in ((["recipe=no_such_recipe"], "recipe=no_such_recipe: no such option"), (["train.learning_rat=1"], "train.learning_rat")):
         proc = subprocess.run([sys.executable, "extend/train.py", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1500:]
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
 
 
 def test_per_stage_rope_base(make_config):
@@ -159,6 +164,7 @@ def test_tensorboard_tracker_logs_every_step(make_config):
     final = train(cfg)
     events = list(final.parent.rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    assert all(final.parent / "logs" in e.parents for e in events)  # <run>/logs, not <run>/<run_name>
     with pytest.raises(ConfigError, match="train.tracker='nope' is unknown"):
         train(make_config("train.tracker=nope"))
 

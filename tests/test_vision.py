@@ -49,7 +49,7 @@ def one_thread():
 
 def typed(recipe: str, *overrides: str):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_object(compose("config", overrides=[f"recipe={recipe}", *overrides]))
+        return OmegaConf.to_object(compose("vision", overrides=[f"recipe={recipe}", *overrides]))
 
 
 def tiny_model(seed: int = 0):
@@ -281,9 +281,9 @@ def test_cli_reports_a_bad_increment_in_one_line(tmp_path):
                           f"output_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO_ROOT,
                          env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PATH": ""})
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1] == ("  - vision.v2pe_delta=0.0 must be > 0 (1 = the model's own "
-                                                    "positions; the paper uses 1/256 ... 1, e.g. 0.0625)")
-    assert not (tmp_path / "final").exists()
+    assert run.stderr.strip().splitlines() == ["error: vision.v2pe_delta=0.0 must be > 0 (1 = the model's own "
+                                                "positions; the paper uses 1/256 ... 1, e.g. 0.0625)"]
+    assert list(tmp_path.iterdir()) == []  # refused before the run folder was made
 
 
 # --- recipes ----------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def study_configs(opts: argparse.Namespace, recipe: BaseRecipe, base: Path) -> d
                 f"encoder.train.learning_rate={opts.tune_lr}", f"encoder.train.trainable=[{','.join(TRAINABLE)}]",
                 f"encoder.train.seed={opts.tune_seed}", f"encoder.train.control={str(control).lower()}",
                 "encoder.train.log_every=1000"]
-            configs[method] = OmegaConf.to_object(compose("config", overrides=overrides))
+            configs[method] = OmegaConf.to_object(compose("encoder", overrides=overrides))
     return configs
 
 

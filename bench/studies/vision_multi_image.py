@@ -40,7 +40,7 @@ def main() -> None:
                 overrides = ["recipe=internvl_tiny_v2pe", f"output_dir={tmp}/{delta}_{seed}", f"seed={seed}",
                              f"vision.train.seed={seed + 1}", f"vision.task.images={args.images}",
                              f"vision.v2pe_delta={delta}", f"vision.eval.filler_tokens={args.fillers}"]
-                data = run_vision(OmegaConf.to_object(compose("config", overrides=overrides)))
+                data = run_vision(OmegaConf.to_object(compose("vision", overrides=overrides)))
                 after = {f: r["accuracy"] for f, r in data["results"]["after"].items()}
                 lengths = {f: r["length"] for f, r in data["results"]["after"].items()}
                 runs.append({"delta": delta, "seed": seed, "accuracy_after": after, "tokens": lengths,

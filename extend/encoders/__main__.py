@@ -9,12 +9,13 @@ and encoder recipes; `--cfg job` prints the composed config.
 
 from extend.cli import run_cli
 from extend.commands import command_line
-from extend.config import ExtendConfig
+from extend.config import EncoderRootConfig
 from extend.encoders.report import averages
 from extend.encoders.run import run_encoder
+from extend.validation import validate_encoder
 
 
-def main(cfg: ExtendConfig) -> None:
+def main(cfg: EncoderRootConfig) -> None:
     data = run_encoder(cfg)
     print(f"wrote {cfg.output_dir}/eval.json, report.md and final/")
     for variant, avg in averages(data).items():
@@ -22,4 +23,4 @@ def main(cfg: ExtendConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, job_name="encoders", argv=command_line("encode"))
+    run_cli(main, job_name="encoders", program="encoder", validate=validate_encoder, argv=command_line("encode"))

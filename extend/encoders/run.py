@@ -14,11 +14,11 @@ from __future__ import annotations
 import importlib.util
 from functools import partial
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from extend.config import ConfigError, EncoderConfig, RopeConfig
+from extend.config import ConfigError, EncoderConfig, EncoderRootConfig, RopeConfig
 from extend.encoders.encode import POOLINGS, Reader
 from extend.encoders.eval import BUILT_IN_SETS, Variant, build_sets, evaluate
 from extend.encoders.export import save_encoder
@@ -88,15 +88,7 @@ def check_encoder(cfg: EncoderConfig, config: PretrainedConfig, rope: RopeConfig
     return problems
 
 
-class EncoderRun(Protocol):
-    """What an encoder run reads from its config root (whatever the root's type is called)."""
-
-    output_dir: str
-    encoder: EncoderConfig
-    rope: RopeConfig
-
-
-def run_encoder(cfg: EncoderRun) -> dict:
+def run_encoder(cfg: EncoderRootConfig) -> dict:
     """The whole run; returns what eval.json holds."""
     enc = cfg.encoder
     path = model_path(required(enc.model, "encoder.model", "minilm_2k"))

@@ -77,7 +77,12 @@ def _load_pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _load_tiny(cache_dir: Path) -> PreTrainedTokenizerFast:
+def tiny_is_cached(cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the `tiny` tokenizer is already trained and cached (loading it then trains nothing)."""
+    return (_tiny_folder(Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()) / "tokenizer.json").exists()
+
+
+def _tiny_folder(cache_dir: Path) -> Path:
     files = stdlib_files()[::TINY_TRAIN_EVERY]
     # The standard library changes with the Python version; names and sizes catch a patched install
     # without reading every file on each load.
@@ -85,8 +90,13 @@ def _load_tiny(cache_dir: Path) -> PreTrainedTokenizerFast:
         "recipe": TINY_RECIPE_VERSION, "vocab_size": TINY_VOCAB_SIZE, "python": python_version(),
         "corpus": [(p.name, p.stat().st_size) for p in files],
     }, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_dir / "tokenizers" / f"tiny-{key}"
+    return cache_dir / "tokenizers" / f"tiny-{key}"
+
+
+def _load_tiny(cache_dir: Path) -> PreTrainedTokenizerFast:
+    folder = _tiny_folder(cache_dir)
     if not (folder / "tokenizer.json").exists():
+        files = stdlib_files()[::TINY_TRAIN_EVERY]
         _save_atomically(_train_tiny([read_document(p) for p in files]), folder)
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 

@@ -176,3 +176,22 @@ def load_latest(root: Path) -> Checkpoint | None:
         return None
     folder = candidates[-1]
     return Checkpoint(folder, TrainState(**json.loads((folder / "state.json").read_text())))
+
+
+def resume_problems(checkpoint: Checkpoint, state: TrainState, resume: str) -> list[str]:
+    """Why this run (whose fresh state is `state`, train.resume=`resume`) cannot continue `checkpoint`
+    exactly, each saying how to continue it; [] when it can."""
+    found, folder = checkpoint.state, checkpoint.folder
+    if resume == "never":
+        return [f"{folder.parent.parent} already has checkpoints; set train.resume=auto or choose another run_name"]
+    if found.config_fingerprint != state.config_fingerprint:
+        return [f"{folder} was written by a different config; resume with the same recipe and overrides, "
+                "or choose another run_name"]
+    if found.format != state.format:
+        return [f"{folder} holds a {found.format} checkpoint (accelerate={found.accelerate}); resume with "
+                f"accelerate={found.accelerate}"]
+    if found.format == "deepspeed" and (found.processes, found.accelerate) != (state.processes, state.accelerate):
+        return [f"{folder} holds DeepSpeed shards of accelerate={found.accelerate} on {found.processes} processes; "
+                f"this launch is accelerate={state.accelerate} on {state.processes}. Resume with the same option and "
+                "process count (a ddp run's checkpoints resume on any count)"]
+    return []

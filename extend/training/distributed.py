@@ -30,10 +30,13 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_accelerate(cfg: ExtendConfig, num_heads: int | None = None, world_size: int | None = None) -> list[str]:
-    """Problems with conf/accelerate/ for this run, found before any model loads."""
+def check_accelerate(cfg: ExtendConfig, num_heads: int | None = None, world_size: int | None = None,
+                     launched: bool | None = None) -> list[str]:
+    """Problems with conf/accelerate/ for this run, found before any model loads. `launched`: whether a
+    launcher starts the processes (default: whether this process was started by one)."""
     a, problems = cfg.accelerate, []
     world_size = launched_processes() if world_size is None else world_size
+    launched = "LOCAL_RANK" in os.environ if launched is None else launched
     if a.strategy not in STRATEGIES:
         problems.append(f"accelerate.strategy={a.strategy!r} is unknown; choose ddp or deepspeed")
     if a.strategy == "deepspeed":
@@ -49,7 +52,7 @@ def check_accelerate(cfg: ExtendConfig, num_heads: int | None = None, world_size
         if cfg.adapter.type == "lofit" and a.zero_stage == 3:
             problems.append("adapter.type=lofit runs under accelerate=ddp or zero2: its head ranking reads the scalings "
                             "whole, which ZeRO-3 shards (and a frozen base needs no parameter sharding)")
-        if "LOCAL_RANK" not in os.environ:
+        if not launched:
             problems.append(f"accelerate={a.name} (DeepSpeed) needs a launcher, even for one process: "
                             "./launch.sh --processes N ... (or torchrun / accelerate launch)")
     sp = a.sequence_parallel_size

@@ -8,11 +8,12 @@ colour task with V2PE positions, fine-tunes a few steps, scores again, and write
 
 from extend.cli import run_cli
 from extend.commands import command_line
-from extend.config import ExtendConfig
+from extend.config import VisionRootConfig
 from extend.vision.run import run_vision
+from extend.validation import validate_vision
 
 
-def main(cfg: ExtendConfig) -> None:
+def main(cfg: VisionRootConfig) -> None:
     data = run_vision(cfg)
     print(f"wrote {cfg.output_dir}/eval.json and final/ ({data['seconds']} s)")
     for stage, per_length in data["results"].items():
@@ -21,4 +22,4 @@ def main(cfg: ExtendConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, job_name="vision", argv=command_line("vision"))
+    run_cli(main, job_name="vision", program="vision", validate=validate_vision, argv=command_line("vision"))

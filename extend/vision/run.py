@@ -8,11 +8,10 @@ fails before any weights load.
 from __future__ import annotations
 
 from functools import partial
-from typing import Protocol
 
 from transformers import AutoTokenizer, PretrainedConfig
 
-from extend.config import RopeConfig, VisionConfig
+from extend.config import VisionConfig, VisionRootConfig
 from extend.models.loading import torch_dtype
 from extend.rope import ResolvedRope
 from extend.training.shell import Run, placement_problems, required, resolve_device
@@ -24,16 +23,7 @@ from extend.vision.model import (PRESETS, build_model, extended_config, family_p
 from extend.vision.train import evaluate, fine_tune
 
 
-class VisionRun(Protocol):
-    """What a vision run reads from its config root (whatever the root's type is called)."""
-
-    output_dir: str
-    seed: int
-    vision: VisionConfig
-    rope: RopeConfig
-
-
-def check_vision(cfg: VisionRun, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
+def check_vision(cfg: VisionRootConfig, config: PretrainedConfig) -> tuple[ResolvedRope | None, list[str]]:
     """(the bound rope method, every problem with the vision settings for this model), before any weights."""
     vis: VisionConfig = cfg.vision
     problems = family_problems(config)
@@ -75,7 +65,7 @@ def check_vision(cfg: VisionRun, config: PretrainedConfig) -> tuple[ResolvedRope
     return resolved, problems
 
 
-def run_vision(cfg: VisionRun) -> dict:
+def run_vision(cfg: VisionRootConfig) -> dict:
     """The whole run; returns what eval.json holds."""
     vis = cfg.vision
     config = load_config(required(vis.model, "vision.model", "internvl_tiny_v2pe"))

@@ -1,0 +1,55 @@
+"""The module the training loop runs: the causal LM plus a chunked loss, and how to reach what is inside it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from accelerate import Accelerator
+from peft import PeftModel
+from torch import nn
+from transformers.integrations import unset_hf_deepspeed_config
+
+from extend.training.loss import causal_lm_loss_sum
+
+
+def causal_lm_of(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+class ChunkedCausalLM(nn.Module):
+    """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
+
+    def __init__(self, model: nn.Module, chunk_size: int):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        return causal_lm_of(self.model)
+
+    def forward(self, input_ids, labels, position_ids):
+        lm = self.causal_lm
+        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size)
+
+
+def adapted_model(accelerator: Accelerator, wrapped: nn.Module) -> nn.Module:
+    """The adapted model (peft wrapper or plain causal LM) inside what accelerate prepared."""
+    return accelerator.unwrap_model(wrapped).model
+
+
+@contextlib.contextmanager
+def without_zero3_init(accelerator: Accelerator):
+    """A context in which models build whole, even under ZeRO-3 (whose plugin makes transformers partition
+    every new model). accelerate's own zero3_init_context_manager leaves transformers' flag set."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or not plugin.is_zero3_init_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
