@@ -53,7 +53,7 @@ def run_cli(body: Callable[[Any], None], job_name: str, quiet: bool = False, arg
     if any(a.startswith("-") for a in args):
         return _hydra_main(body, job_name, quiet, args, program)
     try:
-        cfg = compose(program, [a for a in args if not a.startswith("hydra")])
+        cfg = compose(program, args)
         if validate is not None:
             validate(cfg) if processes is None else validate(cfg, processes=processes)
     except ConfigError as err:

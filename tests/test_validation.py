@@ -181,3 +181,13 @@ def test_real_check_of_a_good_recipe_exits_0(sandbox):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("ok: ")
     assert snapshot(*watched) == before
+
+
+def test_a_misspelt_key_in_a_recipe_names_the_file(sandbox, tmp_path, capsys):
+    recipes = tmp_path / "extra" / "recipe"
+    recipes.mkdir(parents=True)
+    (recipes / "typo.yaml").write_text("# @package _global_\nrope:\n  factorr: 2\n")
+    with pytest.raises(SystemExit) as exit_:
+        train_module.main(["--check", f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "recipe=typo"])
+    assert exit_.value.code == 2
+    assert_one_line(capsys.readouterr().err, ("recipe/typo.yaml", "rope.factorr", "spelling"))
