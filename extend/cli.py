@@ -31,12 +31,12 @@ QUIET_OVERRIDES = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_log
 # launcher is about to start (with --check, before any process exists).
 CHECK, PROCESSES = "--check", "--processes"
 
-_command_line: list[str] | None = None
+_given_overrides: list[str] | None = None
 
 
-def command_line() -> list[str] | None:
+def given_overrides() -> list[str] | None:
     """The overrides of the command being run (None outside the command line), recorded with a run."""
-    return _command_line
+    return _given_overrides
 
 
 def run_cli(body: Callable[[Any], None], job_name: str, quiet: bool = False, argv: list[str] | None = None,
@@ -45,7 +45,7 @@ def run_cli(body: Callable[[Any], None], job_name: str, quiet: bool = False, arg
 
     `validate(cfg)` raises ConfigError with every problem; with --check the command stops after it.
     """
-    global _command_line
+    global _given_overrides
     args = list(sys.argv[1:] if argv is None else argv)
     check = CHECK in args
     args = [a for a in args if a != CHECK]
@@ -64,7 +64,7 @@ def run_cli(body: Callable[[Any], None], job_name: str, quiet: bool = False, arg
     if not quiet:
         logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                             format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    _command_line = args
+    _given_overrides = args
     try:
         body(cfg)
     except ConfigError as err:

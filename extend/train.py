@@ -36,7 +36,7 @@ from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 import extend  # noqa: F401  (registers entropy_abf)
 from extend.adapters import Adapter, build_adapter, load_trainable_state, trainable_state
-from extend.cli import command_line, run_cli
+from extend.cli import given_overrides, run_cli
 from extend.config import DecoderConfig, ExtendConfig, RopeConfig  # noqa: F401  (ExtendConfig: the old name)
 from extend.data.curriculum import plan_stages
 from extend.data.manifest import read_manifest, verify_dataset
@@ -148,7 +148,7 @@ def setup_accelerator(cfg: DecoderConfig) -> tuple[Accelerator, str | None]:
     accelerator = build_accelerator(cfg, tracker)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
-        record_config(cfg, Path(cfg.output_dir), command_line())
+        record_config(cfg, Path(cfg.output_dir), given_overrides())
     return accelerator, tracker
 
 

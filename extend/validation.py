@@ -207,11 +207,14 @@ def _data_problems(cfg: DecoderConfig) -> list[str]:
 
 def _stage_problems(cfg: DecoderConfig, world: int) -> list[str]:
     """Per-stage rope bases and the split of each step's rows into micro-batches and processes."""
+    from extend.rope import methods_reading
+
     problems, t = [], cfg.train
     stage_bases = [s.rope_theta for s in cfg.curriculum.stages]
     if any(b is not None for b in stage_bases):
-        if cfg.rope.type not in ("abf", "entropy_abf"):
-            problems.append(f"curriculum.stages[].rope_theta needs rope.type abf or entropy_abf, not {cfg.rope.type!r}")
+        if cfg.rope.type not in methods_reading("rope_theta"):
+            problems.append(f"curriculum.stages[].rope_theta needs rope.type {' or '.join(methods_reading('rope_theta'))}, "
+                            f"not {cfg.rope.type!r}")
         elif stage_bases[-1] is not None and stage_bases[-1] != cfg.rope.rope_theta:
             problems.append(f"the last curriculum stage's rope_theta={stage_bases[-1]} differs from rope.rope_theta="
                             f"{cfg.rope.rope_theta}, which the export carries: make them equal")

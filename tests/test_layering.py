@@ -29,6 +29,7 @@ LAYERS: list[tuple[set[str], str]] = [
     ({"eval", "inspection"}, "evaluation of a model; the rope inspection report (reads a model config)"),
     ({"publish"}, "staging, card and upload of a finished run (reads its evaluation)"),
     ({"encoders", "vision"}, "the encoder and vision-language programs, beside the decoder pipeline"),
+    ({"validation"}, "one validate per program: calls every area's checks once, before anything is written"),
     ({"train"}, "the decoder training program: validate, setup, fit, export, then eval and publish"),
     ({"__main__"}, "entry points (`python -m extend[.X]`)"),
 ]
