@@ -139,7 +139,7 @@ def state_bytes(s: Setup) -> dict[str, float]:
     shards the 12 over the data-parallel ranks, stage 2 also the gradients, stage 3 also the weights. Under
     ddp the torch AdamW keeps momentum and variance in the weights' own dtype (2 x weight_bytes) and nothing
     is sharded. In float32 DeepSpeed keeps no master copy (8 bytes). ZeRO-Offload (Ren et al. 2021) moves the
-    optimizer states (offload_optimizer) or the weights (offload_params) to host memory. Sequence-parallel
+    optimizer states and the gradients they consume (offload_optimizer) or the weights (offload_params) to host memory. Sequence-parallel
     ranks take part in ZeRO's sharding (ALST), so states divide by all `gpus`. ZeRO-3 gathers a layer at a
     time: two layers' (or the embedding's) 16-bit weights, the one in use and the prefetched one, are added.
     """
@@ -163,8 +163,8 @@ def state_bytes(s: Setup) -> dict[str, float]:
         gathered = 2 * max(g.layer_parameters(), g.vocab * g.hidden) * s.weight_bytes
         if s.offload_params:
             params = 0.0
-    if s.offload_optimizer:
-        optimizer = 0.0
+    if s.offload_optimizer:  # ZeRO-Offload reduces gradients into host memory, where the optimizer steps
+        optimizer = grads = 0.0
     return {"params": params + gathered, "grads": grads, "optimizer": optimizer}
 
 
@@ -198,16 +198,22 @@ def activation_bytes(s: Setup, length: int) -> float:
 def loss_bytes(s: Setup, length: int) -> float:
     """The cross-entropy's logits, per GPU, in bytes (extend/training/loss.py).
 
-    Full logits (loss_chunk_size=0) hold tokens x vocab in the compute dtype plus float32 log-probabilities and
-    their gradient (e + 8 bytes per element). The chunked loss holds that for loss_chunk_size tokens at a
-    time, plus, when the output layer trains, a float32 gradient of its weight (vocab x h x 4) accumulated
-    over the chunks.
+    Through autograd (full logits with loss_chunk_size=0, a row no longer than one chunk, or chunks recomputed
+    under checkpointing where ZeRO-3 partitions the output layer) the backward holds, per logit, float32
+    log-probabilities, the dense gradient of the NLL, the gradient of the log-softmax input, and that
+    gradient in the compute dtype (e + 12 bytes). The chunked loss with a plain output layer computes each
+    chunk's gradient in its forward (softmax minus one-hot): the previous chunk's logits and probabilities
+    beside the new chunk's logits (e + 8 bytes per logit of one chunk), plus, when the output layer trains, a
+    float32 gradient of its weight (vocab x h x 4) accumulated over the chunks.
     """
     g = s.geometry
     tokens = s.micro_batch * length / s.sp
-    chunk = tokens if s.loss_chunk <= 0 else min(s.loss_chunk, tokens)
-    head_grad = g.vocab * g.hidden * 4 if s.adapter == "full" and 0 < s.loss_chunk < tokens else 0
-    return chunk * g.vocab * (s.activation_bytes + 8) + head_grad
+    if s.loss_chunk <= 0 or tokens <= s.loss_chunk:
+        return tokens * g.vocab * (s.activation_bytes + 12)
+    if s.zero_stage == 3:
+        return s.loss_chunk * g.vocab * (s.activation_bytes + 12)
+    head_grad = g.vocab * g.hidden * 4 if s.adapter == "full" else 0
+    return s.loss_chunk * g.vocab * (s.activation_bytes + 8) + head_grad
 
 
 @dataclass(frozen=True)

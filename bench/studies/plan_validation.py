@@ -1,6 +1,7 @@
 """The memory planner (extend/plan.py) against measured training steps on this CPU.
 
     OMP_NUM_THREADS=1 python -m bench.studies.plan_validation [--cases lora:1024:on full:8192:off ...]
+    python -m bench.studies.plan_validation --measured results/plan_validation.json   # re-plan, no training
 
 Each case is ADAPTER:LENGTH:CHECKPOINTING. For each, two training steps of our loop in a fresh process
 (bench/lib/training_harness.py: a ~20M-parameter Llama, hidden 256, 4 layers, 4 heads, MLP 768, a 32k
@@ -53,19 +54,33 @@ def planned(adapter: str, length: int, checkpointing: bool, workdir: Path) -> di
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="ADAPTER:LENGTH:on|off each")
+    parser.add_argument("--measured", type=Path, help="a JSON list written by an earlier run: re-plan its cases "
+                                                      "against its measurements without training again")
+    parser.add_argument("--out", type=Path, help="write the results (a JSON list) here")
     opts = parser.parse_args(argv)
+    earlier = {(r["adapter"], r["length"], r["checkpointing"]): r["measured_gb"]
+               for r in json.loads(opts.measured.read_text())} if opts.measured else {}
+    cases = [f"{a}:{n}:{'on' if c else 'off'}" for a, n, c in earlier] if earlier else opts.cases
     results = []
     with tempfile.TemporaryDirectory(prefix="extend-plan-") as tmp:
-        for case in opts.cases:
+        for case in cases:
             adapter, length, ckpt = case.split(":")
             length, checkpointing = int(length), ckpt == "on"
-            got = measure(adapter, length, checkpointing, Path(tmp))
+            if earlier:
+                from bench.lib.training_harness import save_model
+
+                if not any(Path(tmp).glob("model-*")):
+                    save_model(Path(tmp) / "model-h256", 256, 4, 4, 32000, 16384)
+                measured = earlier[(adapter, length, checkpointing)]
+            else:
+                measured = measure(adapter, length, checkpointing, Path(tmp))["peak_step_memory_gb"]
             plan = planned(adapter, length, checkpointing, Path(tmp))
-            error = plan["beyond_weights"] / got["peak_step_memory_gb"] - 1
             results.append({"adapter": adapter, "length": length, "checkpointing": checkpointing,
-                            "measured_gb": got["peak_step_memory_gb"], **{f"plan_{k}": round(v, 3) for k, v in plan.items()},
-                            "error": round(error, 3)})
+                            "measured_gb": measured, **{f"plan_{k}": round(v, 3) for k, v in plan.items()},
+                            "error": round(plan["beyond_weights"] / measured - 1, 3)})
             print(json.dumps(results[-1]), flush=True)
+    if opts.out:
+        opts.out.write_text(json.dumps(results, indent=1) + "\n")
     print("\n| adapter | tokens | checkpointing | measured (GB) | planned (GB) | of which activations / loss | error |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
