@@ -78,7 +78,7 @@ def test_chunked_loss_against_full_logits():
 def test_fit_and_advice():
     big = Geometry(hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, intermediate=11008, vocab=32000, tied=False)
     s = Setup(geometry=big, adapter="full", gpus=8, zero_stage=3, checkpointing=True)
-    lengths = [65536]
+    lengths = [262144]
     assert not fits(s, lengths, 80)
     lines = advice(s, lengths, 80)
     assert lines and all(line.startswith("  ") and line.count("\n") == 0 for line in lines)
