@@ -135,3 +135,17 @@ def test_verb_help():
     assert text.startswith("usage: extend plan ") and "gpu_memory=GB" in text and "giraffe_16k" in text
     for example in VERBS["plan"].examples:
         assert f"  {example}\n" in text
+
+
+def test_the_cpu_study_replans_stored_measurements(tmp_path, capsys):
+    """bench/studies/plan_validation.py at minimal size: one stored measurement, re-planned without training."""
+    import json
+
+    from bench.studies.plan_validation import main as study
+
+    measured = tmp_path / "measured.json"
+    measured.write_text(json.dumps([{"adapter": "lora", "length": 1024, "checkpointing": True, "measured_gb": 0.5}]))
+    (row,) = study(["--measured", str(measured), "--out", str(tmp_path / "out.json")])
+    assert row["plan_beyond_weights"] == pytest.approx(0.525, abs=0.002)  # 1,023 x 32,000 x 16 B of logits + activations
+    assert row["error"] == pytest.approx(row["plan_beyond_weights"] / 0.5 - 1, abs=1e-3)
+    assert "| lora | 1,024 | on | 0.500 |" in capsys.readouterr().out
