@@ -353,6 +353,7 @@ def _flag(own: dict[str, str], key: str) -> bool:
 
 def geometry_for(cfg, base_config: str | None) -> Geometry:
     """The base's geometry from its config.json only: `base_config` when given, else as training loads it."""
+    from extend.config import ConfigError
     from extend.models import load_base_config
 
     if base_config:
@@ -364,13 +365,21 @@ def geometry_for(cfg, base_config: str | None) -> Geometry:
         if not path.exists():
             raise PlanError(f"base_config={base_config}: no such file or folder; give a config.json or its folder")
         return Geometry.from_config(AutoConfig.from_pretrained(str(path.parent if path.is_file() else path)))
-    return Geometry.from_config(load_base_config(cfg.model))
+    try:
+        return Geometry.from_config(load_base_config(cfg.model))
+    except ConfigError as err:
+        raise PlanError(f"{err.problems[0]}; or give the planner the base's config.json: base_config=PATH") from None
 
 
 def main(argv: list[str] | None = None) -> None:
     from extend.commands import command_line
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the planner reads configs only, never downloads
+    # The planner reads configs already on this machine and never downloads (transformers was imported by the
+    # package already, so the library's constant is set too, not only the environment).
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
     own, rest = split_plan_args(command_line("plan", sys.argv[1:] if argv is None else argv))
     try:
         gpus = int(_number(own, "gpus", 1))

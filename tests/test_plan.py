@@ -149,3 +149,21 @@ def test_the_cpu_study_replans_stored_measurements(tmp_path, capsys):
     assert row["plan_beyond_weights"] == pytest.approx(0.525, abs=0.002)  # 1,023 x 32,000 x 16 B of logits + activations
     assert row["error"] == pytest.approx(row["plan_beyond_weights"] / 0.5 - 1, abs=1e-3)
     assert "| lora | 1,024 | on | 0.500 |" in capsys.readouterr().out
+
+
+def test_a_base_not_on_this_machine_is_one_line_or_read_from_base_config(tmp_path, monkeypatch, capsys):
+    from transformers import LlamaConfig
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["model=hf", "model.name_or_path=some-org/not-here"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.count("\n") == 1 and "base_config=PATH" in err.err
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=256, tie_word_embeddings=False).save_pretrained(tmp_path / "geometry")
+    try:
+        main(["model=hf", "model.name_or_path=some-org/not-here", f"base_config={tmp_path / 'geometry' / 'config.json'}"])
+    except SystemExit as done:
+        assert done.code in (0, None)
+    assert "0.1M parameters (2 layers, hidden 64, 4/2 heads, MLP 128, vocab 256)" in capsys.readouterr().out
