@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, replace
 
 GB = 2**30
@@ -320,8 +321,6 @@ def render(s: Setup, lengths: list[int], gpu_memory: float, title: str) -> str:
 
 
 def _wrap(text: str, width: int = 110) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width))
 
 
