@@ -135,6 +135,33 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
         takes_model=True,
     ),
     Verb(
+        name="plan",
+        module="extend.plan",
+        summary="estimate a recipe's memory per GPU at each stage length and say whether it fits",
+        description=(
+            "Composes the config as training does and reads only the base model's config (no weights), then\n"
+            "estimates per GPU, for each curriculum stage: weights, gradients and optimizer states (adapter,\n"
+            "dtype, ZeRO stage, offload), activations (micro-batch, checkpointing, attention kernel, sequence\n"
+            "parallel size) and the loss's logits; their total against gpu_memory, and when it does not fit,\n"
+            "one line per change (sequence parallelism, offload, checkpointing, micro-batch) with its new peak.\n"
+            "Writes nothing. Formulas and their validation: docs/memory-planner.md."),
+        also=("python -m extend.plan ...",),
+        arguments=(_RECIPE, _MODEL,
+                   ("gpus=N", "GPUs (processes) the run is launched on; ZeRO shards over them (default 1)"),
+                   ("gpu_memory=GB", "one GPU's memory in GB (default 80)"),
+                   ("base_config=PATH", "a config.json (or its folder) with the base's geometry, for a Hub base "
+                                        "that is not on this machine"),
+                   ("offload_activations", "what-if: checkpointed layer inputs in host memory (ALST)"),
+                   ("tiled_mlp", "what-if: the MLP computed in sequence tiles (ALST)"),
+                   _group("accelerate=zero3"), _key("accelerate.sequence_parallel_size=4")),
+        examples=("extend plan recipe=yarn_64k gpus=8",
+                  "extend plan recipe=longlora_100k gpus=8 base_config=PATH/config.json",
+                  "extend plan recipe=tiny train.gradient_checkpointing=false gpu_memory=24"),
+        recipes="decoder",
+        groups=("model", "adapter", "curriculum", "train", "accelerate"),
+        takes_model=True,
+    ),
+    Verb(
         name="publish",
         module="extend.publish",
         summary="stage, verify and upload a trained run to the Hugging Face Hub (dry_run: upload nothing)",

@@ -21,7 +21,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 # Every way to start each verb before `extend` existed: (module run by `python -m`, verb).
 OLD_FORMS = [("data_prep", "prep"), ("extend.train", "train"), ("extend.eval", "eval"), ("extend.rope", "inspect"),
-             ("extend.publish", "publish"), ("extend.encoders", "encode"), ("extend.vision", "vision")]
+             ("extend.publish", "publish"), ("extend.encoders", "encode"), ("extend.vision", "vision"),
+             ("extend.plan", "plan")]
 
 
 def exit_code(fn, *args) -> int:
@@ -41,7 +42,7 @@ def test_main_help_lists_each_verb_on_one_line(capsys):
     out = capsys.readouterr().out
     assert out == main_help()
     verb_lines = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
-    assert verb_lines == ["prep", "train", "eval", "inspect", "publish", "encode", "vision"]
+    assert verb_lines == ["prep", "train", "eval", "inspect", "plan", "publish", "encode", "vision"]
     assert "extend VERB --help" in out and "./launch.sh --help" in out
 
 

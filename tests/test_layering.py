@@ -26,7 +26,8 @@ LAYERS: list[tuple[set[str], str]] = [
     ({"adapters", "data"}, "LoRA/LoFiT/full adapters; data preparation (sources, tokenize, pack, curriculum)"),
     ({"__init__"}, "the package root: `import extend` registers entropy_abf with transformers and the dataset-folder resolver"),
     ({"training"}, "the training loop's pieces: batches, loss, schedule, checkpoints, distributed, run shell"),
-    ({"eval", "inspection"}, "evaluation of a model; the rope inspection report (reads a model config)"),
+    ({"eval", "inspection", "plan"}, "evaluation of a model; the rope inspection report and the memory planner "
+                                     "(read a model config)"),
     ({"publish"}, "staging, card and upload of a finished run (reads its evaluation)"),
     ({"encoders", "vision"}, "the encoder and vision-language programs, beside the decoder pipeline"),
     ({"validation"}, "one validate per program: calls every area's checks once, before anything is written"),

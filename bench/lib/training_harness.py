@@ -80,14 +80,15 @@ def parameter_count(folder: Path) -> int:
         return sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).parameters())
 
 
-def compose(model: Path, data: Path, out: Path, length: int, steps: int, checkpointing: bool, dtype: str = "float32"):
+def compose(model: Path, data: Path, out: Path, length: int, steps: int, checkpointing: bool, dtype: str = "float32",
+            adapter: str = "lora"):
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from extend.config import CONF_DIR
 
     overrides = [
-        "model=hf", f"model.name_or_path={model}", "rope=none", "adapter=lora", "data=stdlib",
+        "model=hf", f"model.name_or_path={model}", "rope=none", f"adapter={adapter}", "data=stdlib",
         f"data.output_dir={data}", f"output_dir={out}", f"curriculum.tokens_per_step={length}",
         f"curriculum.stages=[{{length: {length}, steps: {steps}}}]", "train.learning_rate=1e-4",
         "train.checkpoint_every=0", "train.tracker=none", "train.max_grad_norm=0",
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--no-checkpointing", action="store_true", help="ours without gradient checkpointing")
     parser.add_argument("--checkpointing", action="store_true", help="the baseline with gradient checkpointing")
+    parser.add_argument("--adapter", choices=["lora", "full"], default="lora", help="ours: what trains (default lora)")
     parser.add_argument("--workdir", type=Path, required=True, help="shared between the runs of one benchmark")
     opts = parser.parse_args(argv)
 
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         save_model(model, opts.hidden, opts.layers, opts.heads, opts.vocab, max(opts.length, 2048),
                    opts.intermediate, opts.kv_heads)
     data = opts.workdir / f"data-{opts.length}-{opts.steps}"
-    cfg = compose(model, data, opts.workdir / "run", opts.length, opts.steps, not opts.no_checkpointing, opts.dtype)
+    cfg = compose(model, data, opts.workdir / "run", opts.length, opts.steps, not opts.no_checkpointing, opts.dtype,
+                  opts.adapter)
     if not (data / "manifest.json").exists():
         from extend.data.prepare import prepare
 
