@@ -119,6 +119,7 @@ print(json.dumps({"max_pos": model.config.max_position_embeddings, "tok_max": to
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_stock_transformers_with_the_new_length(tmp_path, tokenizer):
     target = ORIGINAL * 4
     model = extend_encoder(tiny_bert(), target)
@@ -230,6 +231,7 @@ def test_cli_reports_a_target_below_the_original_length(minilm_dir, capsys, tmp_
     assert "encoder.target_length: 256 must be a multiple of the model's original length 512" in err
 
 
+@pytest.mark.slow
 def test_small_end_to_end_run_on_real_minilm(tmp_path):
     cfg = ExtendConfig(run_name="minilm_smoke", output_dir=str(tmp_path / "run"))
     cfg.encoder = EncoderConfig(model="all-minilm-l6-v2", target_length=1024)
