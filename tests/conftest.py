@@ -22,6 +22,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
     Path("~/.cache/extend/torch_extensions").expanduser() / f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"))
 
+# The benchmark smoke tests (tests/test_bench_*.py, tests/test_data_bench.py) run whole benchmark scripts at
+# their smallest size, 10-50 s each: all are in the slow tier, including ones added later.
+BENCH_SMOKE_TESTS = ("test_bench_*.py", "test_data_bench.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.path.match(pattern) for pattern in BENCH_SMOKE_TESTS):
+            item.add_marker(pytest.mark.slow)
+
+
 # Tiny configs of the three decoder families every round trip covers.
 FAMILY_PRESETS = ("tiny-llama", "tiny-mistral", "tiny-qwen2")
 

@@ -121,6 +121,7 @@ def test_resume_mid_stage_is_exact(lofit_run, make_config, stop_at, capsys):
         assert torch.equal(a[name], b[name]), f"{name} differs after resuming at step {stop_at}"
 
 
+@pytest.mark.slow
 def test_scales_in_stage_two_train_only_on_selected_heads(make_config):
     final = train(make_config(*LOFIT, "adapter.lofit.train_scales=true"))
     selected = {(s["layer"], s["head"]) for s in json.loads((final / "run_card.json").read_text())["adapter"]["selected_heads"]}

@@ -72,7 +72,10 @@ def test_mapped_ids_reproduce_the_original_embedding(build):
     with torch.no_grad():
         reference = model(input_ids=ids).last_hidden_state
         for n in (ORIGINAL, 17):
-            mapped = extended(input_ids=ids[:, :n], position_ids=mapped_position_ids(model.config, n, 4)).last_hidden_state
+            # With the attention mask, as extend's reader passes it: without one, transformers (5.25) reads
+            # position ids that step by 4 as packed one-token sequences and masks every token off the others.
+            mask = torch.ones_like(ids[:, :n])
+            mapped = extended(input_ids=ids[:, :n], attention_mask=mask, position_ids=mapped_position_ids(model.config, n, 4)).last_hidden_state
             torch.testing.assert_close(mapped, model(input_ids=ids[:, :n]).last_hidden_state, atol=1e-6, rtol=0)
         consecutive = extended(input_ids=ids).last_hidden_state  # stock reading: interpolated rows, not the same
     assert (consecutive - reference).abs().max() > 1e-3
@@ -280,6 +283,7 @@ def test_encoder_recipe_composes_and_validates(recipe):
     assert max(cfg.encoder.eval.lengths) == cfg.encoder.target_length, "recipes evaluate up to their extended length"
 
 
+@pytest.mark.slow  # composes every recipe
 def test_every_encoder_recipe_is_validated_here():
     from tests.test_recipes import RECIPES, typed
     assert {r for r in RECIPES if typed(r).encoder.model is not None} == set(ENCODER_RECIPES)
