@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,24 @@ import extend  # noqa: F401  (registers entropy_abf)
 from extend.config import CONF_DIR
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# DeepSpeed compiles its ops (shared-memory comm, CPU Adam) on first use, ~45-80 s each on 2 cores, into
+# TORCH_EXTENSIONS_DIR. Keep them in the project's cache, per Python and torch version (a compiled op is
+# tied to both), so that every run after the first reuses them; the processes tests start inherit it.
+# An explicit TORCH_EXTENSIONS_DIR wins.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
+    Path("~/.cache/extend/torch_extensions").expanduser() / f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"))
+
+# The benchmark smoke tests (tests/test_bench_*.py, tests/test_data_bench.py) run whole benchmark scripts at
+# their smallest size, 10-50 s each: all are in the slow tier, including ones added later.
+BENCH_SMOKE_TESTS = ("test_bench_*.py", "test_data_bench.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.path.match(pattern) for pattern in BENCH_SMOKE_TESTS):
+            item.add_marker(pytest.mark.slow)
+
 
 # Tiny configs of the three decoder families every round trip covers.
 FAMILY_PRESETS = ("tiny-llama", "tiny-mistral", "tiny-qwen2")

@@ -43,6 +43,7 @@ def lofit_run(dataset_dir, tmp_path_factory):
     return cfg, train(cfg)
 
 
+@pytest.mark.slow
 def test_stage_one_trains_only_the_scalings(lofit_run):
     cfg, final = lofit_run
     run = final.parent
@@ -53,6 +54,7 @@ def test_stage_one_trains_only_the_scalings(lofit_run):
         assert all(torch.count_nonzero(t) == 0 for t in by_kind(state, "scale") + by_kind(state, "offset"))
 
 
+@pytest.mark.slow
 def test_selection_matches_a_hand_computed_ranking(lofit_run):
     cfg, final = lofit_run
     probes = by_kind(checkpoint(final.parent, 3), "probe")
@@ -66,6 +68,7 @@ def test_selection_matches_a_hand_computed_ranking(lofit_run):
     assert card["stage2_trainable_parameters"] == 3 * probes[0].shape[1]
 
 
+@pytest.mark.slow
 def test_stage_two_trains_only_the_offsets_of_the_selected_heads(lofit_run):
     cfg, final = lofit_run
     selected = {(s["layer"], s["head"]) for s in json.loads((final / "run_card.json").read_text())["adapter"]["selected_heads"]}
@@ -80,6 +83,7 @@ def test_stage_two_trains_only_the_offsets_of_the_selected_heads(lofit_run):
                 assert (offset[head].abs().sum() > 0) == ((layer, head) in selected), (step, layer, head)
 
 
+@pytest.mark.slow
 def test_folded_export_matches_the_unfolded_model_in_a_fresh_process(lofit_run, tmp_path):
     cfg, final = lofit_run
     adapter = build_adapter(cfg.adapter)
@@ -102,6 +106,7 @@ def test_folded_export_matches_the_unfolded_model_in_a_fresh_process(lofit_run, 
     assert (final / "adapter" / "lofit.safetensors").exists() and (final / "adapter" / "lofit.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [2, 5], ids=["mid-stage-1", "mid-stage-2"])
 def test_resume_mid_stage_is_exact(lofit_run, make_config, stop_at, capsys):
     _, reference = lofit_run
@@ -116,6 +121,7 @@ def test_resume_mid_stage_is_exact(lofit_run, make_config, stop_at, capsys):
         assert torch.equal(a[name], b[name]), f"{name} differs after resuming at step {stop_at}"
 
 
+@pytest.mark.slow
 def test_scales_in_stage_two_train_only_on_selected_heads(make_config):
     final = train(make_config(*LOFIT, "adapter.lofit.train_scales=true"))
     selected = {(s["layer"], s["head"]) for s in json.loads((final / "run_card.json").read_text())["adapter"]["selected_heads"]}
@@ -160,6 +166,7 @@ def test_stage_one_longer_than_the_run_is_refused(make_config):
         train(make_config("adapter=lofit", "adapter.lofit.select_steps=6"))
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_run(lofit_run, make_config):
     _, reference = lofit_run
     final = train(make_config(*LOFIT, "train.gradient_checkpointing=true"))

@@ -233,6 +233,7 @@ def test_stages_with_their_own_weights_draw_only_their_sources(corpus, cache, tm
     assert all("pass key" in tokenizer.decode(row["input_ids"]) for row in rows)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_bytes_of_a_clean_run(corpus, cache, tmp_path):
     # Many one-row shards, so the kill lands between the first shard and the manifest.
     overrides = ["data=jsonl", f"data.sources.corpus.path={corpus / 'docs.jsonl'}", f"data.cache_dir={cache}",

@@ -123,6 +123,7 @@ print(json.dumps({"max_pos": model.config.max_position_embeddings, "tok_max": to
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_stock_transformers_with_the_new_length(tmp_path, tokenizer):
     target = ORIGINAL * 4
     model = extend_encoder(tiny_bert(), target)
@@ -236,6 +237,7 @@ def test_cli_reports_a_target_below_the_original_length(minilm_dir, capsys, tmp_
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_small_end_to_end_run_on_real_minilm(tmp_path):
     cfg = EncoderRootConfig(run_name="minilm_smoke", output_dir=str(tmp_path / "run"))
     cfg.encoder = EncoderConfig(model="all-minilm-l6-v2", target_length=1024)
@@ -284,6 +286,7 @@ def test_encoder_recipe_composes_and_validates(recipe):
     assert max(cfg.encoder.eval.lengths) == cfg.encoder.target_length, "recipes evaluate up to their extended length"
 
 
+@pytest.mark.slow  # composes every recipe
 def test_every_encoder_recipe_is_validated_here():
     from extend.config import recipe_program
     from tests.test_recipes import RECIPES, typed

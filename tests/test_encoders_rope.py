@@ -122,6 +122,7 @@ print(json.dumps({"rope": model.config.rope_parameters, "vec": torch.nn.function
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_stock_transformers_with_the_method(tmp_path, mistral_dir):
     tokenizer = AutoTokenizer.from_pretrained(mistral_dir)
     _, extension, model = extended(mistral_dir, RopeConfig(type="yarn"))
@@ -141,6 +142,7 @@ def test_export_reloads_in_stock_transformers_with_the_method(tmp_path, mistral_
     assert note["method"].startswith("RoPE yarn") and note["append_eos"] is True and note["target_length"] == 256
 
 
+@pytest.mark.slow
 def test_small_end_to_end_run_on_a_tiny_modernbert(tmp_path, modernbert_dir):
     cfg = EncoderRootConfig(run_name="modernbert_smoke", output_dir=str(tmp_path / "run"))
     cfg.rope = RopeConfig(type="yarn")

@@ -123,6 +123,7 @@ def test_model_shortcut():
     assert expand_model_shortcut(["model.dtype=bfloat16"]) == ["model.dtype=bfloat16"]
 
 
+@pytest.mark.slow
 def test_command_line_end_to_end(checkpoint, tmp_path):
     """The documented command, in a fresh process: model=PATH, a training-free rope, a quick look."""
     out = tmp_path / "cli"

@@ -36,6 +36,8 @@ from extend.train import train
 from hub_standin import HubStandIn, Repo
 from training_fixtures import compose_typed, dataset_dir, make_config  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.slow  # trains, evaluates and publishes a tiny run against the Hub stand-in
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_" + "PublishTestToken" * 2 + "x" * 2  # shaped like a real token: hf_ + 34 letters
 REPO_ID = "test-org/tiny-linear"

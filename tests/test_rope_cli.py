@@ -32,6 +32,7 @@ def test_report_rejects_bad_settings(compose_config):
         rope_report(cfg)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 

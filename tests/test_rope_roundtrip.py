@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -15,6 +16,8 @@ from extend.models import build_random, load_base_config, save_extended
 from extend.rope import apply_rope, resolve_rope
 
 from conftest import FAMILY_PRESETS, METHOD_SETTINGS
+
+pytestmark = pytest.mark.slow  # saves every method and family, then reloads them in a fresh Python process
 
 TOLERANCE = 1e-5
 

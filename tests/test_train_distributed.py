@@ -24,6 +24,8 @@ from extend.train import train
 
 from training_fixtures import BASE_OVERRIDES, compose_typed
 
+pytestmark = pytest.mark.slow  # two-process launches, each ~10 s of imports per process before any step
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # 12 steps, so a SIGTERM sent after step 2 always arrives before the end.

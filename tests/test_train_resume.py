@@ -47,6 +47,7 @@ def assert_bit_identical(clean: Path, resumed: Path, note: str) -> None:
         assert torch.equal(a[name], b[name]), f"{name} differs after resume ({note})"
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(dataset_dir, clean_run, tmp_path):
 
     kill_at = random.Random(0).choice([3, 4, 5])  # after the step-2 checkpoint, before the end (6 steps)
@@ -66,6 +67,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(dataset_dir, cl
     assert_bit_identical(clean_run, tmp_path / "killed", f"killed at step {kill_at}")
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_then_resumes_bit_identical(dataset_dir, clean_run, tmp_path):
     run = tmp_path / "preempted"
     proc = subprocess.Popen(cli(run, dataset_dir), cwd=REPO, env=ENV, stdout=subprocess.PIPE,

@@ -85,6 +85,7 @@ def test_trainable_embeddings_and_norms_are_saved_and_merged(make_config):
         assert torch.allclose(restored[name], value, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_final_model_reloads_in_a_fresh_process_without_extend(make_config, tmp_path):
     cfg = make_config("rope=yarn", "rope.factor=2")
     final = train(cfg)
@@ -94,6 +95,7 @@ def test_final_model_reloads_in_a_fresh_process_without_extend(make_config, tmp_
     assert stock_reload_max_diff(final, ids, expected, tmp_path) <= 1e-5
 
 
+@pytest.mark.slow
 def test_a_model_with_rope_per_attention_type_trains_and_reloads(make_config, tmp_path):
     """Gemma 3 keeps a local and a global RoPE base: yarn rescales the global layers only, and the merged
     export reloads in stock transformers with the same logits past the original length."""
@@ -138,6 +140,7 @@ def test_bad_input_fails_before_training(make_config, overrides, message):
     assert not Path(cfg.output_dir, "final").exists() and not Path(cfg.output_dir, "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_cli_rejects_an_unknown_recipe_and_key():
     for args, message in ((["recipe=no_such_recipe"], "recipe=no_such_recipe: no such option"), (["train.learning_rat=1"], "train.learning_rat")):
         proc = subprocess.run([sys.executable, "extend/train.py", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -170,7 +173,6 @@ def test_tensorboard_tracker_logs_every_step(make_config):
 
 
 def test_qlora_trains_on_a_4bit_base_and_exports_full_precision(make_config, tmp_path):
-    pytest.importorskip("bitsandbytes")
     tokenizer = load_tokenizer("tiny")
     folder = tmp_path / "base"
     config = load_base_config(make_config().model, tokenizer=tokenizer)

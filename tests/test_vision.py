@@ -190,6 +190,7 @@ def tiny_run(tmp_path_factory):
     return out, run_vision(typed("internvl_tiny_v2pe", f"output_dir={out}"))
 
 
+@pytest.mark.slow
 def test_tiny_recipe_learns_the_task_with_v2pe_positions(tiny_run):
     out, data = tiny_run
     assert json.loads((out / "eval.json").read_text()) == data
@@ -216,6 +217,7 @@ print(json.dumps({"diff": (logits - ref["logits"]).abs().max().item(), "v2pe": m
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_stock_transformers_with_the_same_logits(tiny_run, tmp_path):
     out, data = tiny_run
     from transformers import InternVLForConditionalGeneration
@@ -276,6 +278,7 @@ def test_a_model_that_is_not_there_is_named(no_weights, tmp_path):
         run_vision(typed("internvl_tiny_v2pe", f"output_dir={tmp_path}", f"vision.model={tmp_path}/no_such_folder"))
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_increment_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "extend.vision", "recipe=internvl_tiny_v2pe", "vision.v2pe_delta=0",
                           f"output_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO_ROOT,
