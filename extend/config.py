@@ -604,9 +604,9 @@ class VisionRootConfig(RunConfig):
 
 # program -> (the root config file in conf/, its schema, the command that runs it)
 ROOTS = {
-    "decoder": ("config", DecoderConfig, "python extend/train.py"),
-    "encoder": ("encoder", EncoderRootConfig, "python -m extend.encoders"),
-    "vision": ("vision", VisionRootConfig, "python -m extend.vision"),
+    "decoder": ("config", DecoderConfig, "extend train"),
+    "encoder": ("encoder", EncoderRootConfig, "extend encode"),
+    "vision": ("vision", VisionRootConfig, "extend vision"),
 }
 SCHEMA_NAMES = {"decoder": "extend_schema", "encoder": "encoder_schema", "vision": "vision_schema"}
 

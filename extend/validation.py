@@ -183,11 +183,7 @@ def _run_value_problems(cfg: DecoderConfig) -> list[str]:
     if a.type in ("lora", "longlora") and (a.r < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1):
         problems.append(f"adapter.r={a.r}, adapter.alpha={a.alpha}, adapter.dropout={a.dropout}: r must be >= 1, "
                         "alpha > 0 and dropout in [0, 1)")
-    length = cfg.rope.original_max_position_embeddings
-    if length is not None and length < 2:  # 0 must not read as "unset" (the model's own length)
-        problems.append(f"rope.original_max_position_embeddings={length} must be >= 2 (or null: the model's "
-                        "max_position_embeddings)")
-    return problems
+    return problems  # rope.* values are the rope registry's to check (rope_problems)
 
 
 def _curriculum_problems(cfg: DecoderConfig) -> list[str]:
