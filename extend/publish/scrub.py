@@ -50,7 +50,7 @@ def _public_path(text: str, renames: dict[str, str]) -> str:
     if os.path.isabs(text):
         return f"{LOCAL_PLACEHOLDER}/{Path(text).name}"
     key, sep, value = text.partition("=")
-    if sep and os.path.isabs(value) and " " not in key:  # a command-line override: data.output_dir=/tmp/x
+    if sep and os.path.isabs(value) and " " not in key:  # a command-line override: data.output_dir=/an/absolute/path
         return f"{key}={_public_path(value, renames)}"
     return text
 
