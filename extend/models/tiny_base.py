@@ -76,7 +76,11 @@ def _build(folder: Path) -> None:
         [sys.executable, "-m", "data_prep", "recipe=tiny_base", *overrides],
         [sys.executable, str(REPO_ROOT / "extend" / "train.py"), "recipe=tiny_base", *overrides],
     ):
-        subprocess.run(command, cwd=REPO_ROOT, env=env, check=True)
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env)
+        if done.returncode:  # the step said why (or was stopped with a checkpoint): end as it ended
+            print(f"the tiny base was not built (recipes/tiny_base.yaml stopped with exit code {done.returncode}); "
+                  "rerun the same command to continue the build", file=sys.stderr)
+            raise SystemExit(done.returncode)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(work / "run" / "final", folder)
     shutil.rmtree(work, ignore_errors=True)
