@@ -8,7 +8,7 @@
 #   sbatch --nodes 4 --ntasks-per-node 1 --wrap "./launch.sh --slurm --processes 32 recipe=..."
 #   ./launch.sh --dry-run ...                                                    # print, run nothing
 #
-# Before any process starts, the overrides are checked once (`python -m extend.train --check ...`: compose and
+# Before any process starts, the overrides are checked once (`python -m extend.train --check --processes N ...`: compose and
 # validate, write nothing): a bad config prints its problems once, one per line, and launch.sh exits with the
 # check's code (2) instead of starting torchrun. Only for the default --script; --dry-run checks nothing.
 #
@@ -139,7 +139,9 @@ if [[ "$script" == "extend/train.py" ]]; then
   # Validate once, here, before any process starts: a bad config then prints one line per problem
   # instead of once per process under torchrun's warnings and its ChildFailedError traceback.
   checked=0
-  $python -m extend.train --check "$@" || checked=$?
+  # --processes: the whole job's count, so the checks that depend on it (micro-batch split, sequence
+  # parallelism, DeepSpeed's need for a launcher) see the launch about to happen, not this process.
+  $python -m extend.train --check --processes "$processes" "$@" || checked=$?
   ((checked == 0)) || exit "$checked"
 fi
 eval "exec $line"

@@ -15,6 +15,7 @@ Planner-only arguments (everything else is a Hydra override, as for `extend trai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -371,14 +372,33 @@ def geometry_for(cfg, base_config: str | None) -> Geometry:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from extend.commands import command_line
+    with hub_offline():
+        _main(argv)
 
-    # The planner reads configs already on this machine and never downloads (transformers was imported by the
-    # package already, so the library's constant is set too, not only the environment).
+
+@contextlib.contextmanager
+def hub_offline():
+    """The planner reads configs already on this machine and never downloads. transformers was imported by the
+    package already, so the library's constant is set too, not only the environment; both are restored after,
+    so a caller in the same process (a test, a notebook) keeps its own setting."""
     import huggingface_hub.constants
 
+    saved = os.environ.get("HF_HUB_OFFLINE"), huggingface_hub.constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
     huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[0]
+        huggingface_hub.constants.HF_HUB_OFFLINE = saved[1]
+
+
+def _main(argv: list[str] | None) -> None:
+    from extend.commands import command_line
+
     own, rest = split_plan_args(command_line("plan", sys.argv[1:] if argv is None else argv))
     try:
         gpus = int(_number(own, "gpus", 1))

@@ -119,7 +119,7 @@ def test_a_bad_config_stops_before_any_process_starts(tmp_path):
     assert out.returncode == 2
     assert out.stderr == "error: train.lr_schedule='bogus' is unknown; choose one of constant\n"  # once
     assert out.stdout == ""
-    assert calls.read_text().splitlines() == ["-m extend.train --check recipe=tiny train.lr_schedule=bogus"]
+    assert calls.read_text().splitlines() == ["-m extend.train --check --processes 2 recipe=tiny train.lr_schedule=bogus"]
 
 
 def test_a_good_config_is_checked_then_launched(tmp_path):
@@ -128,7 +128,7 @@ def test_a_good_config_is_checked_then_launched(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == "torchrun started\n"
     assert calls.read_text().splitlines() == [
-        f"-m extend.train --check recipe=tiny {STAGES}",
+        f"-m extend.train --check --processes 2 recipe=tiny {STAGES}",
         f"-m torch.distributed.run --nproc-per-node 2 --standalone --nnodes 1 extend/train.py recipe=tiny {STAGES}",
     ]
 

@@ -3,6 +3,7 @@ logic, one-line refusals, and the verb's help. In process, no weights."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -118,7 +119,11 @@ def test_sequence_parallel_must_divide_gpus(tmp_path, monkeypatch, capsys):
 
 
 def test_plan_a_recipe_in_process(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     try:
         main(["recipe=tiny", "gpus=1", "gpu_memory=0.1"])
     except SystemExit as stopped:
@@ -127,6 +132,8 @@ def test_plan_a_recipe_in_process(tmp_path, monkeypatch, capsys):
     assert "extend plan: tiny" in out and "  512  " in out and "1,024" in out
     assert "Does not fit" in out  # 0.1 GB is too little for micro-batches of 4 x 1,024 tokens
     assert not any(tmp_path.iterdir())  # planning writes nothing
+    # offline only while planning: later code in the process (a test's local Hub stand-in) may still connect
+    assert "HF_HUB_OFFLINE" not in os.environ and huggingface_hub.constants.HF_HUB_OFFLINE is False
 
 
 def test_verb_help():
