@@ -189,6 +189,7 @@ print("warning branch taken:", hasattr(ops, "gemm_4bit_forward_kernel"))
 '''
 
 
+@pytest.mark.slow  # starts Python processes
 def test_help_and_runs_are_quiet():
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", QUIET_RUN], cwd=REPO, env=ENV, capture_output=True, text=True,
@@ -203,6 +204,7 @@ def test_help_and_runs_are_quiet():
     print(f"process {seconds:.1f} s; {out.stdout.splitlines()[-4]}")
 
 
+@pytest.mark.slow  # starts Python processes
 def test_extend_command_runs_as_a_process():
     out = subprocess.run([sys.executable, "-m", "extend", "inspect", "--help"], cwd=REPO, env=ENV,
                          capture_output=True, text=True, timeout=600)

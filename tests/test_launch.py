@@ -142,6 +142,7 @@ def test_another_script_is_not_checked(tmp_path):
     assert calls.read_text().splitlines() == [f"-m torch.distributed.run --nproc-per-node 1 --standalone --nnodes 1 {script} x=1"]
 
 
+@pytest.mark.slow  # starts Python processes
 def test_the_real_check_prints_a_config_error_once(tmp_path):
     # extend.train --check: compose and validate, write nothing, one line per problem, exit 2.
     out = launch("--processes", "2", "recipe=tiny", "train.lr_schedule=bogus", f"output_dir={tmp_path}/run",

@@ -258,6 +258,7 @@ def test_paper_recipe_matches_its_golden_table(recipe, composed):
     assert drift(recipe, composed[recipe]) == []
 
 
+@pytest.mark.slow  # perturbs and recomposes every paper value: ~20 s
 @pytest.mark.parametrize("recipe", sorted(GOLDEN))
 def test_changing_any_paper_value_is_reported(recipe, composed):
     """The check can fail: every plain row, perturbed on its own, is reported; any other report is a value

@@ -164,6 +164,7 @@ def run_command(args: list[str], cwd: Path, home: Path) -> subprocess.CompletedP
     ([str(REPO_ROOT / "extend" / "train.py"), *TINY, "train.max_steps=-5"], ("train.max_steps=-5", ">= 1")),
     (["-m", "extend.vision", *TINY], ("recipe=tiny", "extend train recipe=tiny")),
 ], ids=["train.py", "vision"])
+@pytest.mark.slow  # starts Python processes
 def test_real_commands_refuse_in_one_line(args, wanted, sandbox):
     work, watched = sandbox
     before = snapshot(*watched)
@@ -173,6 +174,7 @@ def test_real_commands_refuse_in_one_line(args, wanted, sandbox):
     assert snapshot(*watched) == before
 
 
+@pytest.mark.slow  # starts Python processes
 def test_real_check_of_a_good_recipe_exits_0(sandbox):
     work, watched = sandbox
     before = snapshot(*watched)
