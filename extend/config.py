@@ -249,6 +249,10 @@ class StageConfig:
     # (a source left out gets 0). Empty = the sources' weights. A data schedule, e.g. short synthetic items
     # first and longer ones later (conf/curriculum/tiny_base.yaml).
     weights: dict[str, float] = field(default_factory=dict)
+    # PoSE (extend/data/pose.py): the position span this stage's rows cover while each row is `length`
+    # tokens; each document piece's ids are cut into curriculum.pose_chunks chunks with random skips, the
+    # last id < span. null = plain positions 0, 1, ... Must be > length when set.
+    span: int | None = None
 
 
 @dataclass
@@ -261,6 +265,8 @@ class CurriculumConfig:
 
     tokens_per_step: int = 16384
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(length=2048, steps=100)])
+    # PoSE chunks per document piece in stages with a `span` (2 in the paper); 1 = one skip-free chunk.
+    pose_chunks: int = 2
 
 
 @dataclass

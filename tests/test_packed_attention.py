@@ -7,15 +7,22 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from extend.models import packed_attention
-from extend.models.packed_attention import PACKED_SDPA, document_spans, restore_attention, use_packed_attention
+from extend.models.packed_attention import (
+    PACKED_SDPA, document_spans, documents_from_positions, restore_attention, use_packed_attention,
+)
 
 SHAPE = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256)
 
 
 def test_document_spans():
-    assert document_spans(torch.tensor([0, 1, 2, 0, 1, 0])) == [(0, 3), (3, 5), (5, 6)]
-    assert document_spans(torch.tensor([5, 6, 0, 1])) == [(0, 2), (2, 4)]  # a row that starts mid-document
+    def spans(positions):
+        return document_spans(documents_from_positions(torch.tensor(positions)))
+
+    assert spans([0, 1, 2, 0, 1, 0]) == [(0, 3), (3, 5), (5, 6)]
+    assert spans([5, 6, 0, 1]) == [(0, 2), (2, 4)]  # a row that starts mid-document
+    # Explicit ids: skipped positions (PoSE) do not start documents, ids do.
+    assert document_spans(torch.tensor([0, 0, 0, 1, 1, 2])) == [(0, 3), (3, 5), (5, 6)]
 
 
 @pytest.mark.parametrize("per_document", [True, False], ids=["one call per document", "one masked call"])

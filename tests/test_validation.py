@@ -47,6 +47,8 @@ CASES = [
     ("train", [*TINY, "rope=yarnn"], ("rope=yarnn", "yarn")),
     ("train", [*TINY, "adapter=lora", "adapter.target_modules=[qq_proj]"], ("adapter.target_modules", "q_proj")),
     ("train", [*TINY, "curriculum.tokens_per_step=4608"], ("curriculum.stages[1].length=1024", "tokens_per_step")),
+    ("train", [*TINY, "curriculum.stages.1.span=1024"], ("curriculum.stages[1].span=1024", "null")),
+    ("train", [*TINY, "curriculum.pose_chunks=0"], ("curriculum.pose_chunks=0", ">= 1")),
     ("train", [*TINY, "eval.lengths=[1]"], ("eval.lengths", ">= 2")),
     ("train", [*TINY, "publish.repo_id=not a repo", "publish.dry_run=true"], ("publish.repo_id", "ORG/NAME")),
     ("train", [*TINY, "accelerate.sequence_parallel_size=0"], ("accelerate.sequence_parallel_size=0", ">= 1")),

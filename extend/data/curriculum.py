@@ -16,6 +16,8 @@ class StagePlan:
     rows_per_step: int
     # The stage's own mixture weights ({} = the sources' weights).
     weights: dict[str, float] = field(default_factory=dict)
+    # PoSE: the position span of the stage's rows (None = plain positions).
+    span: int | None = None
 
     def mixture(self, sources: dict[str, SourceConfig]) -> dict[str, float]:
         """Weight of every source in this stage."""
@@ -58,6 +60,15 @@ def check_curriculum(cur: CurriculumConfig) -> list[str]:
         elif stage.tokens is not None and (stage.tokens < 1 or stage.tokens % cur.tokens_per_step):
             problems.append(f"{key}.tokens={stage.tokens} must be a positive multiple of curriculum.tokens_per_step="
                             f"{cur.tokens_per_step}")
+        if stage.span is not None and stage.span <= stage.length:
+            problems.append(f"{key}.span={stage.span} must be > its length={stage.length} (PoSE positions span more "
+                            "than the row), or null for plain positions")
+    if cur.pose_chunks < 1:
+        problems.append(f"curriculum.pose_chunks={cur.pose_chunks} must be >= 1 (2 in the PoSE paper)")
+    for i, stage in enumerate(cur.stages):
+        if stage.span is not None and cur.pose_chunks > stage.length >= 2:
+            problems.append(f"curriculum.pose_chunks={cur.pose_chunks} exceeds curriculum.stages[{i}].length="
+                            f"{stage.length}; use at most one chunk per token")
     return problems
 
 
@@ -80,6 +91,6 @@ def plan_stages(cur: CurriculumConfig) -> list[StagePlan]:
     """The stages in order; call check_curriculum first."""
     return [
         StagePlan(i, s.length, s.steps if s.steps is not None else s.tokens // cur.tokens_per_step,
-                  cur.tokens_per_step // s.length, dict(s.weights))
+                  cur.tokens_per_step // s.length, dict(s.weights), s.span)
         for i, s in enumerate(cur.stages)
     ]

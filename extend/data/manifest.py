@@ -59,6 +59,10 @@ def _identity_config(data: dict, curriculum: dict) -> dict:
     curriculum = copy.deepcopy(curriculum)
     for stage in curriculum["stages"]:
         stage.pop("rope_theta", None)  # a training setting: the rows do not depend on it
+        if stage.get("span") is None:
+            stage.pop("span", None)  # plain positions: datasets made before PoSE keep their fingerprint
+    if not any("span" in stage for stage in curriculum["stages"]):
+        curriculum.pop("pose_chunks", None)  # read only by PoSE stages
     return json.loads(json.dumps({"format": FORMAT, "data": data, "curriculum": curriculum}))
 
 

@@ -6,7 +6,8 @@ document. Materialised, every row carries:
 - input_ids, labels: labels are -100 on padding, on non-target tokens (prompts), and on the first token of
   every piece, so no loss term predicts one document's token from another's;
 - position_ids: 0, 1, ... restarting at every piece (and at the padding), which is what keeps attention
-  inside a document in transformers (with use_cache=False) and flash-attention's varlen kernels;
+  inside a document in transformers (with use_cache=False) and flash-attention's varlen kernels; in a PoSE
+  stage (extend/data/pose.py) each piece's ids start at 0 and skip ahead between chunks instead;
 - seq_lens: the length of every piece and of the trailing padding, summing to `length` (cumulative sums
   give cu_seqlens).
 
@@ -25,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from extend.data.pose import PoseDraw
 from extend.data.tokenize import TokenizedSource
 
 Piece = tuple[int, int, int]
@@ -164,9 +166,13 @@ PACKERS: dict[str, Callable[..., list[list[Piece]]]] = {"pretrain": pack_pretrai
 DRAW_MARGIN: dict[str, float] = {"pretrain": 1.0, "sft": 1.1}
 
 
-def materialize(rows: list[list[Piece]], sources: list[TokenizedSource], length: int, pad_id: int) -> dict[str, np.ndarray]:
+def materialize(rows: list[list[Piece]], sources: list[TokenizedSource], length: int, pad_id: int,
+                pose: PoseDraw | None = None, first_row: int = 0) -> dict[str, np.ndarray]:
     """Rows as arrays: input_ids, labels, position_ids of shape (rows, length) and seq_lens as a flat array
-    with `seq_offsets` (row r's lengths are seq_lens[seq_offsets[r]:seq_offsets[r + 1]])."""
+    with `seq_offsets` (row r's lengths are seq_lens[seq_offsets[r]:seq_offsets[r + 1]]).
+
+    With `pose`, every document piece gets PoSE ids drawn with the generator of its row, `first_row + r` in
+    the stage (the padding keeps plain ids)."""
     n = len(rows)
     input_ids = np.full((n, length), pad_id, dtype=np.int32)
     labels = np.full((n, length), -100, dtype=np.int32)
@@ -175,12 +181,13 @@ def materialize(rows: list[list[Piece]], sources: list[TokenizedSource], length:
     seq_lens, seq_offsets = [], [0]
     for r, row in enumerate(rows):
         at = 0
+        rng = pose.rng(first_row + r) if pose is not None else None
         for s, start, stop in row:
             ids, m = sources[s].ids[start:stop], stop - start
             input_ids[r, at : at + m] = ids
             labels[r, at : at + m] = np.where(sources[s].targets[start:stop], ids, -100)
             labels[r, at] = -100
-            position_ids[r, at : at + m] = arange[:m]
+            position_ids[r, at : at + m] = arange[:m] if pose is None else pose.positions(m, rng)
             seq_lens.append(m)
             at += m
         if at < length:

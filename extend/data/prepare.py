@@ -30,6 +30,7 @@ from extend.data.manifest import (
 )
 from extend.data.mixture import draw_stage
 from extend.data.packing import DRAW_MARGIN, PACKERS, Piece, materialize
+from extend.data.pose import PoseDraw
 from extend.data.report import length_histogram, summary
 from extend.data.sources import LoadContext, RawSource, SourceError, check_sources, load_source
 from extend.data.tokenize import TokenizedSource, tokenize_source
@@ -87,7 +88,7 @@ def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
     _claim(out, existing, identity, config, data.overwrite)
 
     sources = _tokenize(raws, names, data, tokenizer, out / WORK)
-    stages = [_write_stage(plan, sources, names, data, tokenizer, out) for plan in plans]
+    stages = [_write_stage(plan, sources, names, data, tokenizer, out, cfg.curriculum.pose_chunks) for plan in plans]
     manifest = _manifest(identity, config, data, cfg.curriculum.tokens_per_step, tokenizer, raws, sources, stages)
     report = summary(manifest)
     write_text_atomically(report, out / SUMMARY)
@@ -158,7 +159,7 @@ def _tokenize(raws: dict[str, RawSource], names: list[str], data: DataConfig, to
 
 
 def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[str], data: DataConfig, tokenizer,
-                 out: Path) -> dict:
+                 out: Path, pose_chunks: int) -> dict:
     """Draw, pack and write one stage (skipping shards a previous run of the same config wrote); its report."""
     by_name = dict(zip(names, sources))
     try:
@@ -171,6 +172,7 @@ def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[st
         raise ConfigError([f"curriculum stage {plan.index} (length {plan.length}): {err}"]) from err
     rows = PACKERS[data.packing](order, sources, plan.length, plan.rows, np.random.default_rng([data.seed, plan.index, 1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pose = PoseDraw(plan.span, pose_chunks, data.seed, plan.index) if plan.span is not None else None
     folder = out / plan.folder
     folder.mkdir(exist_ok=True)
     shards = []
@@ -179,9 +181,12 @@ def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[st
         path = folder / f"part-{k:05d}.parquet"
         chunk = rows[start : start + data.rows_per_shard]
         if not path.exists():
-            write_shard(materialize(chunk, sources, plan.length, pad), path)
+            write_shard(materialize(chunk, sources, plan.length, pad, pose, first_row=start), path)
         shards.append({"file": path.relative_to(out).as_posix(), "rows": len(chunk), "sha256": file_sha256(path)})
-    return _stage_report(plan, rows, order, sources, names, shards, mixture)
+    report = _stage_report(plan, rows, order, sources, names, shards, mixture)
+    if pose is not None:
+        report["positions"] = pose.record()
+    return report
 
 
 def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], sources: list[TokenizedSource],
@@ -241,8 +246,10 @@ def _manifest(identity: dict, config: dict, data: DataConfig, tokens_per_step: i
         "columns": {
             "input_ids": "token ids, one row = one sequence of the stage's length",
             "labels": "targets; -100 on prompts, padding and the first token of every document piece",
-            "position_ids": "0, 1, ... restarting at every document piece and at the padding",
-            "seq_lens": "lengths of the row's document pieces then its padding; they sum to the row length",
+            "position_ids": "0, 1, ... restarting at every document piece and at the padding; in a stage with "
+                            "`positions` (PoSE) each piece starts at 0 and skips ahead between its chunks",
+            "seq_lens": "lengths of the row's document pieces then its padding; they sum to the row length (training "
+                        "keeps attention inside these segments)",
         },
         "sources": source_reports, "stages": stages,
     }

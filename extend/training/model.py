@@ -9,6 +9,7 @@ from peft import PeftModel
 from torch import nn
 from transformers.integrations import unset_hf_deepspeed_config
 
+from extend.models.packed_attention import attention_inputs, documents_from_positions
 from extend.training.loss import causal_lm_loss_sum
 
 
@@ -29,9 +30,15 @@ class ChunkedCausalLM(nn.Module):
     def causal_lm(self) -> nn.Module:
         return causal_lm_of(self.model)
 
-    def forward(self, input_ids, labels, position_ids):
+    def forward(self, input_ids, labels, position_ids, document_ids=None):
+        """Loss sum and token count of packed rows; attention stays inside `document_ids` (each token's
+        document in its row; None: a document starts wherever the position id is 0)."""
         lm = self.causal_lm
-        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        if document_ids is None:
+            document_ids = documents_from_positions(position_ids)
+        decoder = lm.get_decoder()
+        extra = attention_inputs(lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
         return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size)
 
 
