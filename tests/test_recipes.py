@@ -23,6 +23,11 @@ STAND_INS = {
     "meta-llama/Llama-2-7b-hf": LlamaConfig(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, **LLAMA2),
     "meta-llama/Llama-2-7b-chat-hf": LlamaConfig(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, **LLAMA2),
     "meta-llama/Llama-2-13b-hf": LlamaConfig(hidden_size=5120, num_attention_heads=40, num_hidden_layers=40, intermediate_size=13824, **LLAMA2),
+    # The local SmolLM2-135M-Instruct checkpoint that bench/studies/eval_smollm2.py converts from its GGUF.
+    ".cache/smollm2-135m-instruct": LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
 }
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 # Paper recipes that train below the length they extend to, as their papers do.
@@ -81,7 +86,11 @@ def test_recipe_composes_and_validates(recipe):
     addressable = config_served_lengths(config, None)["transformers"]
     assert check_training(cfg, world_size=1, addressable=addressable) == []
     longest = max(s.length for s in cfg.curriculum.stages)
-    if recipe in TRAINS_SHORT:
+    spans = [s.span for s in cfg.curriculum.stages if s.span is not None]
+    if spans:  # PoSE: short rows whose position ids span the extended length
+        assert max(spans) == addressable, "PoSE recipes span up to their extended length"
+        assert longest < addressable
+    elif recipe in TRAINS_SHORT:
         assert longest < addressable, f"{recipe} trains below its extended length: {TRAINS_SHORT[recipe]}"
     else:
         assert longest == addressable, "recipes train up to their extended length"
