@@ -1,5 +1,6 @@
 """Long-sample data preparation: sources, tokenisation, length upsampling, packing with document boundaries,
-curriculum stages (`extend.data.prepare.prepare`), and the manifest training checks (`verify_dataset`)."""
+curriculum stages with optional PoSE position ids (`pose.py`; `extend.data.prepare.prepare`), and the manifest
+training checks (`verify_dataset`)."""
 
 from extend.data.manifest import DatasetMismatchError, verify_dataset
 

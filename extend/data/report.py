@@ -18,6 +18,8 @@ def length_histogram(lengths: np.ndarray) -> dict:
 STAGE_COLUMNS = {
     "stage": "the stage's folder of parquet shards (stage-<index>-L<length>), read in this order by training",
     "length": "tokens in every row of the stage (its sequence length)",
+    "positions": "plain (0, 1, ... per document piece) or PoSE: ids spanning up to N positions in k chunks "
+                 "(curriculum.stages[].span, curriculum.pose_chunks)",
     "steps": "optimizer steps the stage lasts",
     "rows/step": "rows per optimizer step: curriculum.tokens_per_step / length",
     "rows": "rows in the stage: steps x rows/step",
@@ -66,12 +68,17 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _positions(stage: dict) -> str:
+    pose = stage.get("positions")
+    return "plain" if pose is None else f"PoSE {pose['span']:,} / {pose['chunks']} chunks"
+
+
 def summary(manifest: dict) -> str:
     """The end-of-run report (printed, and saved as summary.md): one row per stage, one row per source,
     each table followed by what its columns mean. It names no folder, so a copied dataset stays byte-identical."""
     stages = table(
         list(STAGE_COLUMNS),
-        [[s["folder"], s["length"], s["steps"], s["rows_per_step"], s["rows"], s["tokens"], s["real_tokens"],
+        [[s["folder"], s["length"], _positions(s), s["steps"], s["rows_per_step"], s["rows"], s["tokens"], s["real_tokens"],
           s["target_tokens"], s["efficiency"], len(s["shards"])] for s in manifest["stages"]],
     )
     sources = table(
