@@ -343,6 +343,10 @@ class EvalConfig:
     # Run this evaluation on the export at the end of extend/train.py (into <run>/final/eval/after_training
     # unless output_dir is set), with the comparisons above next to it.
     after_training: bool = False
+    # Where each compared model is loaded (extend/models/placement.py): auto = CUDA when present (the whole
+    # model on one GPU when it fits there, else spread over the GPUs by accelerate's device_map="auto"),
+    # else Apple MPS, else the CPU; or cpu, cuda, cuda:N, mps. A device this machine lacks is refused.
+    device: str = "auto"
 
 
 @dataclass

@@ -48,6 +48,8 @@ CASES = [
     ("train", [*TINY, "adapter=lora", "adapter.target_modules=[qq_proj]"], ("adapter.target_modules", "q_proj")),
     ("train", [*TINY, "curriculum.tokens_per_step=4608"], ("curriculum.stages[1].length=1024", "tokens_per_step")),
     ("train", [*TINY, "eval.lengths=[1]"], ("eval.lengths", ">= 2")),
+    ("train", [*TINY, "eval.device=cuda:99"], ("eval.device=cuda:99", "eval.device=")),
+    ("train", [*TINY, "eval.device=gpu"], ("eval.device='gpu'", "cuda:N")),
     ("train", [*TINY, "publish.repo_id=not a repo", "publish.dry_run=true"], ("publish.repo_id", "ORG/NAME")),
     ("train", [*TINY, "accelerate.sequence_parallel_size=0"], ("accelerate.sequence_parallel_size=0", ">= 1")),
     ("train", [*TINY, "data.packing=zip"], ("data.packing='zip'", "pretrain")),
