@@ -367,6 +367,10 @@ class AccelerateConfig:
     # 1 = off. Needs strategy=deepspeed; the process count, attention heads and every stage length must
     # divide by it.
     sequence_parallel_size: int = 1
+    # Seconds a process may go without a heartbeat before the run stops on every node, naming the lost
+    # rank, host and node (extend/training/nodes.py); 0 = off (collectives then wait for the process
+    # group's own timeout, 30 minutes). Under torchrun with more than one process.
+    peer_timeout: float = 30.0
 
 
 @dataclass

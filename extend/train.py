@@ -52,6 +52,7 @@ from extend.training.checkpoint import (
 from extend.training.distributed import StopRequest, build_accelerator, is_deepspeed
 from extend.training.loss import shifted_targets
 from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, without_zero3_init
+from extend.training.nodes import PeerWatch, check_shared_folder, several_nodes
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
 from extend.training.run_config import LOGS, config_fingerprint, finished_export, flat_config, record_config, tracker_for
 from extend.training.schedule import build_scheduler
@@ -104,14 +105,16 @@ def run_validated(cfg: DecoderConfig) -> Path:
         print(f"{done} was already exported by this config: nothing to do. To train again, choose another run_name "
               f"or remove {done}")
         return done
-    run = setup(cfg)
-    with StopRequest() as stop:
-        finished = fit(run, stop)
-    if not finished:
-        run.accelerator.end_training()
-        # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
-        raise SystemExit(128 + (stop.signal or signal.SIGTERM))
-    final = export(run)
+    # Every process must stay alive from setup to the export; a lost one stops the run on every node.
+    with PeerWatch(cfg.accelerate.peer_timeout):
+        run = setup(cfg)
+        with StopRequest() as stop:
+            finished = fit(run, stop)
+        if not finished:
+            run.accelerator.end_training()
+            # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
+            raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+        final = export(run)
     run.accelerator.end_training()
     if cfg.eval.after_training and run.accelerator.is_main_process:
         evaluate_export(cfg, final)
@@ -146,6 +149,8 @@ def setup_accelerator(cfg: DecoderConfig) -> tuple[Accelerator, str | None]:
     """The Accelerator for conf/accelerate/ (refusing a launch it cannot see), the seed, and the run record."""
     tracker = tracker_for(cfg.train.tracker)
     accelerator = build_accelerator(cfg, tracker)
+    if several_nodes():  # checkpoints and the export are written by several processes into one folder
+        check_shared_folder(Path(cfg.output_dir), accelerator.process_index)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         record_config(cfg, Path(cfg.output_dir), given_overrides())

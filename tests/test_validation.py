@@ -50,6 +50,7 @@ CASES = [
     ("train", [*TINY, "eval.lengths=[1]"], ("eval.lengths", ">= 2")),
     ("train", [*TINY, "eval.device=cuda:99"], ("eval.device=cuda:99", "eval.device=")),
     ("train", [*TINY, "eval.device=gpu"], ("eval.device='gpu'", "cuda:N")),
+    ("train", [*TINY, "accelerate.peer_timeout=-1"], ("accelerate.peer_timeout=-1", ">= 3 seconds")),
     ("train", [*TINY, "publish.repo_id=not a repo", "publish.dry_run=true"], ("publish.repo_id", "ORG/NAME")),
     ("train", [*TINY, "accelerate.sequence_parallel_size=0"], ("accelerate.sequence_parallel_size=0", ">= 1")),
     ("train", [*TINY, "data.packing=zip"], ("data.packing='zip'", "pretrain")),
