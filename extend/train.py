@@ -12,6 +12,7 @@ bottom, as a recipe:
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import shutil
 import sys
@@ -115,11 +116,19 @@ def run_validated(cfg: DecoderConfig) -> Path:
             # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
             raise SystemExit(128 + (stop.signal or signal.SIGTERM))
         final = export(run)
+    main = run.accelerator.is_main_process
+    # The evaluation loads the export onto the GPU(s) (eval.device): give back what training held first
+    # (before end_training, which ends the process group DeepSpeed's engine still reports through).
+    run.accelerator.free_memory()
     run.accelerator.end_training()
-    if cfg.eval.after_training and run.accelerator.is_main_process:
+    del run
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if cfg.eval.after_training and main:
         evaluate_export(cfg, final)
-    if cfg.publish.repo_id is not None and run.accelerator.is_main_process:
-        publish_export(cfg, run.run_dir)
+    if cfg.publish.repo_id is not None and main:
+        publish_export(cfg, run_dir)
     return final
 
 

@@ -6,7 +6,8 @@ Trains a randomly initialised Llama (--hidden/--layers/--vocab; ~60M parameters,
 default) for two steps on 2 CPU processes (gloo) through the tree's launch.sh, then lets it export. The
 main process's peak resident memory is read from /proc (VmHWM) twice: over training, and over the export
 alone (the peak is reset with /proc/PID/clear_refs when the last step's log line appears, and read until
-the process exits). Run it on two trees, e.g. this one and an earlier commit unpacked with `git archive`,
+the process exits), with large tensors in pages of their own (MALLOC_MMAP_THRESHOLD_) so that the
+resident memory follows what is alive. Run it on two trees, e.g. this one and an earlier commit unpacked with `git archive`,
 with the same --workdir: the runs share the base and the dataset, and --compare A B checks that their
 exports are tensor-equal. Prints and appends one JSON line per run to --out.
 """
@@ -63,7 +64,10 @@ def rank0(launcher: psutil.Process) -> psutil.Process | None:
 
 def measure(tree: Path, workdir: Path, accelerate: str, adapter: str, label: str) -> dict:
     out = workdir / f"run-{label}-{accelerate}-{adapter}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # Tensors past 64 KiB get pages of their own that go back to the system when freed, so resident memory
+    # follows what is alive; otherwise the heap keeps training's freed buffers and reuses them, hiding the
+    # export's allocations.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
     cmd = ["bash", "launch.sh", "--processes", "2", "--", *overrides(workdir, accelerate, adapter, out)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
