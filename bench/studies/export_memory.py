@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/extend-export-memory"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "extend-export-memory",
+                        help="base, dataset and runs, shared by the runs to compare")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("FINAL_A", "FINAL_B"),
                         help="only compare two exports tensor by tensor")
     parser.add_argument("--out", type=Path, default=None, help="append the result as a JSON line")
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compare:
         result = compare(*args.compare)
     else:
+        args.workdir = args.workdir.resolve()  # the runs start in --tree
         args.workdir.mkdir(parents=True, exist_ok=True)
         prepare(args.workdir, args)
         result = measure(args.tree.resolve(), args.workdir, args.accelerate, args.adapter, args.label)
