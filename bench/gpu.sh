@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU benchmark: ours against Trainer + peft LoRA on one GPU, as one script (about 5-8 minutes on an
-# H200-class GPU, start-up included).
+# The GPU benchmark: ours against Trainer + peft LoRA on one GPU, then sequence parallelism on two GPUs when
+# there are two, as one script (about 5-8 minutes on one H200-class GPU, start-up included; the sequence-
+# parallel step adds about 5 more on two).
 #
 #   bash bench/gpu.sh [OUT_DIR]            # on the GPU machine, from the repository root
 #
@@ -9,8 +10,9 @@
 # when something is missing); they are installed into a temporary folder for this run only. Measures, for
 # a randomly initialised TinyLlama-1.1B-shaped Llama in bf16 with LoRA: training tokens/s, MFU (formula in
 # bench/studies/gpu_benchmark.py) and peak memory at 4k, 16k and 32k tokens, ours against Trainer + peft,
-# and that RoPE angles stay float32 under bf16. Writes OUT_DIR/gpu.json and OUT_DIR/gpu.log (default
-# results/gpu).
+# and that RoPE angles stay float32 under bf16; then, on 2+ GPUs with deepspeed, extend's training at 32k
+# tokens with accelerate.sequence_parallel_size 1 and 2 (see the step below). Writes OUT_DIR/gpu.json,
+# OUT_DIR/gpu.log and OUT_DIR/sp/ (default results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-results/gpu}"
@@ -43,4 +45,33 @@ fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     "$python" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
     "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
+
+    # Sequence parallelism (DeepSpeed Ulysses, accelerate.sequence_parallel_size): the same 1B-shaped LoRA
+    # run at 32k tokens, 2 rows per step, on 2 GPUs under ZeRO-3 through launch.sh, with each row whole on one
+    # GPU (sp=1) and split over both (sp=2). Each step's log line carries tokens/s and rank 0's peak memory;
+    # the logs go to OUT_DIR/sp/sp1.log and sp2.log. Needs 2 GPUs and deepspeed; on fewer GPUs sp has no
+    # peer to split with, so the step says so and is skipped. A run that fails is noted and the script goes on.
+    gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
+    if ((gpus < 2)); then
+        echo "sequence parallelism: skipped ($gpus GPU(s); sequence_parallel_size=2 needs 2)"
+    elif ! "$python" -c "import deepspeed" 2>/dev/null; then
+        echo "sequence parallelism: skipped (deepspeed is not installed; carry it in .whl/)"
+    else
+        sp_dir="$out/sp"
+        mkdir -p "$sp_dir"
+        "$python" -c "import sys; from pathlib import Path; from bench.lib.training_harness import save_model
+save_model(Path(sys.argv[1]), 2048, 22, 32, 32000, 32768, 5632, 4)" "$sp_dir/model"
+        sp_common=(model=hf "model.name_or_path=$sp_dir/model" rope=none adapter=lora data=stdlib
+                   "data.output_dir=$sp_dir/data" curriculum.tokens_per_step=65536
+                   "curriculum.stages=[{length: 32768, steps: 4}]" train.micro_batch_size=1 train.log_every=1
+                   train.checkpoint_every=0 train.tracker=none train.gradient_checkpointing=true
+                   model.dtype=bfloat16 train.mixed_precision=bf16 accelerate=zero3)
+        "$python" -m data_prep "${sp_common[@]}"
+        for sp in 1 2; do
+            PYTHON="$python" ./launch.sh --processes 2 -- "${sp_common[@]}" "accelerate.sequence_parallel_size=$sp" \
+                "output_dir=$sp_dir/run-sp$sp" > "$sp_dir/sp$sp.log" 2>&1 || echo "sp=$sp failed: see $sp_dir/sp$sp.log"
+            echo "sp=$sp:"
+            grep -E "^step " "$sp_dir/sp$sp.log" || tail -n 5 "$sp_dir/sp$sp.log"
+        done
+    fi
 } 2>&1 | tee "$out/gpu.log"

@@ -349,6 +349,10 @@ class EvalConfig:
     # Run this evaluation on the export at the end of extend/train.py (into <run>/final/eval/after_training
     # unless output_dir is set), with the comparisons above next to it.
     after_training: bool = False
+    # Where each compared model is loaded (extend/models/placement.py): auto = CUDA when present (the whole
+    # model on one GPU when it fits there, else spread over the GPUs by accelerate's device_map="auto"),
+    # else Apple MPS, else the CPU; or cpu, cuda, cuda:N, mps. A device this machine lacks is refused.
+    device: str = "auto"
 
 
 @dataclass
@@ -369,6 +373,10 @@ class AccelerateConfig:
     # 1 = off. Needs strategy=deepspeed; the process count, attention heads and every stage length must
     # divide by it.
     sequence_parallel_size: int = 1
+    # Seconds a process may go without a heartbeat before the run stops on every node, naming the lost
+    # rank, host and node (extend/training/nodes.py); 0 = off (collectives then wait for the process
+    # group's own timeout, 30 minutes). Under torchrun with more than one process.
+    peer_timeout: float = 30.0
 
 
 @dataclass

@@ -12,6 +12,7 @@ bottom, as a recipe:
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import shutil
 import sys
@@ -51,7 +52,8 @@ from extend.training.checkpoint import (
 )
 from extend.training.distributed import StopRequest, build_accelerator, is_deepspeed
 from extend.training.loss import shifted_targets
-from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, without_zero3_init
+from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, gathered, without_zero3_init
+from extend.training.nodes import PeerWatch, check_shared_folder, several_nodes
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
 from extend.training.run_config import LOGS, config_fingerprint, finished_export, flat_config, record_config, tracker_for
 from extend.training.schedule import build_scheduler
@@ -104,19 +106,29 @@ def run_validated(cfg: DecoderConfig) -> Path:
         print(f"{done} was already exported by this config: nothing to do. To train again, choose another run_name "
               f"or remove {done}")
         return done
-    run = setup(cfg)
-    with StopRequest() as stop:
-        finished = fit(run, stop)
-    if not finished:
-        run.accelerator.end_training()
-        # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
-        raise SystemExit(128 + (stop.signal or signal.SIGTERM))
-    final = export(run)
+    # Every process must stay alive from setup to the export; a lost one stops the run on every node.
+    with PeerWatch(cfg.accelerate.peer_timeout):
+        run = setup(cfg)
+        with StopRequest() as stop:
+            finished = fit(run, stop)
+        if not finished:
+            run.accelerator.end_training()
+            # A process stopped because another one was signalled exits as if it had been sent SIGTERM too.
+            raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+        final = export(run)
+    main = run.accelerator.is_main_process
+    # The evaluation loads the export onto the GPU(s) (eval.device): give back what training held first
+    # (before end_training, which ends the process group DeepSpeed's engine still reports through).
+    run.accelerator.free_memory()
     run.accelerator.end_training()
-    if cfg.eval.after_training and run.accelerator.is_main_process:
+    del run
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if cfg.eval.after_training and main:
         evaluate_export(cfg, final)
-    if cfg.publish.repo_id is not None and run.accelerator.is_main_process:
-        publish_export(cfg, run.run_dir)
+    if cfg.publish.repo_id is not None and main:
+        publish_export(cfg, run_dir)
     return final
 
 
@@ -146,6 +158,8 @@ def setup_accelerator(cfg: DecoderConfig) -> tuple[Accelerator, str | None]:
     """The Accelerator for conf/accelerate/ (refusing a launch it cannot see), the seed, and the run record."""
     tracker = tracker_for(cfg.train.tracker)
     accelerator = build_accelerator(cfg, tracker)
+    if several_nodes():  # checkpoints and the export are written by several processes into one folder
+        check_shared_folder(Path(cfg.output_dir), accelerator.process_index)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         record_config(cfg, Path(cfg.output_dir), given_overrides())
@@ -335,20 +349,30 @@ def checkpoint(run: Run) -> None:
 def trained_model(run: Run) -> nn.Module | None:
     """The adapted model with its trained weights, whole, on the main process (None on the others).
 
-    Under DeepSpeed the weights may be sharded (ZeRO-3): every process takes part in gathering them, and
-    the main process loads what trained into a fresh, unsharded copy of the base.
+    Under DeepSpeed the main process loads the base once more, whole (its frozen weights as they were
+    loaded, in model.dtype), and the trained parameters are copied into it one at a time: each is gathered
+    whole (ZeRO-3 shards it; every process takes part), copied, and released. Host memory on the main process
+    therefore stays at the model plus one parameter, where gathering the whole state dict first would hold
+    a second copy of the model (docs/training.md, "Export").
     """
     acc = run.accelerator
     if run.state.format != "deepspeed":
         return run.adapted if acc.is_main_process else None
-    names = [name for name, p in run.adapted.named_parameters() if p.requires_grad]
-    full = acc.get_state_dict(run.model)  # collective
-    if not acc.is_main_process:
-        return None
-    with without_zero3_init(acc):
-        model = run.adapter.attach(load_base_model(run.cfg.model, run.model_config, seed=run.cfg.seed))
-    load_trainable_state(model, {name: full[f"model.{name}"] for name in names})
-    run.adapter.load_state(model, run.state.adapter_state)
+    model = None
+    if acc.is_main_process:
+        with without_zero3_init(acc):
+            model = run.adapter.attach(load_base_model(run.cfg.model, run.model_config, seed=run.cfg.seed))
+    targets = dict(model.named_parameters()) if model is not None else {}
+    trained = [(name, p) for name, p in run.adapted.named_parameters() if p.requires_grad]
+    if model is not None and {n for n, _ in trained} != {n for n, p in targets.items() if p.requires_grad}:
+        raise ValueError("the trained model and the reloaded base differ in their trainable parameters: "
+                         "the adapter attached differently")
+    for name, param in trained:  # the same order on every process: each gather is a collective
+        with gathered(acc, [param]), torch.no_grad():
+            if model is not None:
+                targets[name].copy_(param.data)
+    if model is not None:
+        run.adapter.load_state(model, run.state.adapter_state)
     return model
 
 

@@ -179,6 +179,9 @@ def _run_value_problems(cfg: DecoderConfig) -> list[str]:
     problems = []
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed} must be >= 0")
+    if cfg.accelerate.peer_timeout < 0 or 0 < cfg.accelerate.peer_timeout < 3:
+        problems.append(f"accelerate.peer_timeout={cfg.accelerate.peer_timeout:g} must be 0 (off) or >= 3 seconds "
+                        "(the heartbeat beats every sixth of it)")
     a = cfg.adapter
     if a.type in ("lora", "longlora") and (a.r < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1):
         problems.append(f"adapter.r={a.r}, adapter.alpha={a.alpha}, adapter.dropout={a.dropout}: r must be >= 1, "

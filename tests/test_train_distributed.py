@@ -1,26 +1,32 @@
 """Two processes on CPU (gloo) under DDP, ZeRO-2 and ZeRO-3: each interrupted by SIGTERM (as a cluster
 preempts a job), resumed, and ending on the loss trajectory of an uninterrupted run; resuming on another
-process count does what the docs say; two "nodes" on 127.0.0.1 train and checkpoint together.
+process count does what the docs say; two "nodes" on 127.0.0.1 train and checkpoint together, and when one
+of them dies or hangs the other stops within a minute naming it.
 
 All runs start from the same saved base, so every strategy computes the same numbers (ZeRO-3 would
 initialise a random base differently while partitioning it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from extend.config import ModelConfig
 from extend.models.loading import build_random, load_base_config
 from extend.models.tokenizer import load_tokenizer
 from extend.train import train
+from extend.training.nodes import MARKER
 
 from training_fixtures import BASE_OVERRIDES, compose_typed
 
@@ -155,6 +161,33 @@ def test_zero3_resumes_and_exports_the_gathered_weights(saved_base, dataset_dir,
     )
     assert check.returncode == 0, check.stderr[-2000:]
     assert int(check.stdout.split()[-1]) > 500_000
+    # Gathered one parameter at a time, the export is bit for bit the base with the trained weights of the
+    # last checkpoint (step 12, the last step) folded in, as gathering the whole state dict first gave.
+    assert_export_is_checkpoint_merged(run, args, "step-000012")
+
+
+def assert_export_is_checkpoint_merged(run: Path, args: list[str], step: str) -> None:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    from extend.adapters import build_adapter, load_trainable_state
+    from extend.models import load_base_model
+    from extend.rope import apply_rope, resolve_rope
+
+    cfg = compose_typed(*args[len(BASE_OVERRIDES):])
+    state = get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints" / step / "deepspeed"))
+    adapter = build_adapter(cfg.adapter)
+    base_config = load_base_config(cfg.model, tokenizer=load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir))
+    model = adapter.attach(load_base_model(cfg.model, apply_rope(base_config, resolve_rope(cfg.rope, base_config))))
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    load_trainable_state(model, {name: state[f"model.{name}"] for name in trained})
+    expected = adapter.merged(model).state_dict()
+    exported = {}
+    for shard in sorted((run / "final").glob("*.safetensors")):
+        exported.update(load_file(shard))
+    assert set(exported) <= set(expected) and len(exported) > 10
+    different = [k for k in exported if exported[k].dtype != expected[k].dtype or not exported[k].equal(expected[k])]
+    assert different == []
 
 
 def free_port() -> int:
@@ -163,17 +196,89 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Node:
+    """One "node" of a two-node run on this machine: launch.sh in a session of its own, its output read by a
+    thread (so nothing blocks on a full pipe), and every process under it killed by `kill()`."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def processes(self) -> list[psutil.Process]:
+        """The launcher and its workers (torchrun starts each worker in a session of its own)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, sig: int) -> None:
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)  # SIGKILL also ends a stopped process
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def two_nodes(args: list[str]):
+    """Nodes 0 and 1 of one run on 127.0.0.1; whatever happens, every process of both is killed on the way out,
+    so a test that fails (or a run that hangs) cannot leave processes behind or hold up CI."""
+    nodes = ["--nodes", "2", "--main-addr", "127.0.0.1", "--main-port", str(free_port())]
+    started = [Node(launch(2, args, *nodes, "--node-rank", str(rank))) for rank in (0, 1)]
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.kill()
+
+
+def wait(node: Node, seconds: float) -> int | None:
+    """The node's exit status, or None when it is still running after `seconds`."""
+    try:
+        return node.proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def test_two_nodes_on_one_machine(saved_base, dataset_dir, tmp_path, reference):
     run = tmp_path / "two_nodes"
-    args = overrides(saved_base, dataset_dir, run)
-    nodes = ["--nodes", "2", "--main-addr", "127.0.0.1", "--main-port", str(free_port())]
-    procs = [
-        subprocess.Popen(launch(2, args, *nodes, "--node-rank", str(rank)), cwd=REPO, env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    with two_nodes(overrides(saved_base, dataset_dir, run)) as nodes:
+        codes = [wait(node, 600) for node in nodes]
+        outputs = [node.output for node in nodes]
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000008", "step-000012"]
     assert json.loads((run / "final" / "run_card.json").read_text())["processes"] == 2
     assert_same_trajectory(losses(run), reference)
+    assert not (run / MARKER).exists()  # the shared-folder check cleaned up after itself
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["node-dies", "node-hangs"])
+def test_a_lost_node_stops_the_other_within_a_minute_naming_it(saved_base, dataset_dir, tmp_path, how):
+    """Node 1 dies (its sockets close) or hangs (nothing closes, as when a machine drops off the network):
+    node 0 must stop on its own, well before the process group's 30-minute timeout, and say who is gone."""
+    run = tmp_path / "lost"
+    with two_nodes(overrides(saved_base, dataset_dir, run)) as (node0, node1):
+        deadline = time.monotonic() + 400
+        while "step      2/" not in node0.output and time.monotonic() < deadline and node0.proc.poll() is None:
+            time.sleep(0.5)
+        assert "step      2/" in node0.output, node0.output[-3000:]
+        node1.signal(how)
+        lost_at = time.monotonic()
+        code = wait(node0, 90)
+        took = time.monotonic() - lost_at
+        output = node0.output
+    assert code is not None, f"node 0 still running 90 s after node 1 was lost:\n{output[-3000:]}"
+    assert code != 0 and took < 60, (code, took, output[-3000:])
+    assert f"lost peer: rank 1 (host {socket.gethostname()}, node 1)" in output, output[-3000:]
+    print(f"node 0 stopped {took:.1f} s after node 1 was lost ({signal.Signals(how).name}), exit status {code}")

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from extend.config import ConfigError, EvalConfig
 from extend.eval.scoring import SCORERS
 from extend.tasks.synthetic import TaskItem
+from extend.models.placement import input_device
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
     answers: list[str] = [""] * len(prompts)
-    device = model.device
+    device = input_device(model)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     for batch in tqdm(batches, desc=desc, leave=False):
         rows = [prompts[i].input_ids for i in batch]

@@ -7,11 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from extend.config import ConfigError, ExtendConfig, ModelConfig, RopeConfig
 from extend.models import PRESETS, attention_for, load_base_config, load_base_model
-from extend.models.loading import model_location
+from extend.models.loading import model_location, torch_dtype
+from extend.models.placement import Placement, config_bytes, place
 from extend.models.tokenizer import TINY as TINY_TOKENIZER
 from extend.models.tokenizer import load_tokenizer as load_shared_tokenizer
 from extend.rope import apply_rope, config_served_lengths, resolve_rope
@@ -99,9 +101,19 @@ def resolve_conditions(cfg: ExtendConfig, model: PreTrainedModel | None = None) 
     return conditions, problems
 
 
-def build_model(condition: Condition, seed: int) -> PreTrainedModel:
-    """The condition's model in eval mode: the given one, a rebuilt copy with a new method, a preset, or
-    weights loaded with the rewritten config."""
+def placement_for(condition: Condition, knob: str) -> Placement:
+    """Where `eval.device` puts the condition's model on this machine; the size of its weights (in the
+    model's dtype, from its config) decides between one GPU and a spread, so it is counted only on a
+    machine with GPUs."""
+    size = config_bytes(condition.config, torch_dtype(condition.model.dtype)) if knob in ("auto", "cuda") and \
+        torch.cuda.is_available() else None
+    return place(knob, size)
+
+
+def build_model(condition: Condition, seed: int, device: str = "cpu") -> PreTrainedModel:
+    """The condition's model in eval mode: the given one (where the caller put it), a rebuilt copy with a new
+    method, a preset, or weights loaded with the rewritten config onto the device(s) `device` (eval.device)
+    chooses."""
     mc = condition.model
     if condition.in_memory is not None:
         if condition.rope.type == "none":
@@ -114,4 +126,4 @@ def build_model(condition: Condition, seed: int) -> PreTrainedModel:
         )
         rebuilt.load_state_dict(condition.in_memory.state_dict())
         return rebuilt.to(next(condition.in_memory.parameters()).device).eval()
-    return load_base_model(mc, condition.config, seed=seed).eval()
+    return load_base_model(mc, condition.config, seed=seed, placement=placement_for(condition, device)).eval()

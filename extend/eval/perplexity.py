@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from extend.config import ConfigError, EvalConfig
 from extend.eval.registry import register
 from extend.eval.texts import load_documents
+from extend.models.placement import input_device
 
 # Positions turned into logits at once: bounds memory to CHUNK x vocab floats.
 LOGIT_CHUNK = 1024
@@ -72,7 +73,9 @@ def window_nll(model: PreTrainedModel, batch: torch.Tensor, first_target: list[i
         for a in range(first - 1, batch.shape[1] - 1, LOGIT_CHUNK):
             b = min(a + LOGIT_CHUNK, batch.shape[1] - 1)
             logits = head(hidden[row, a:b]).float()
-            total += F.cross_entropy(logits, batch[row, a + 1:b + 1], reduction="sum").double().item()
+            # On a model spread over GPUs the head may sit on another device than the inputs.
+            targets = batch[row, a + 1:b + 1].to(logits.device)
+            total += F.cross_entropy(logits, targets, reduction="sum").double().item()
             count += b - a
     return total, count
 
@@ -122,7 +125,7 @@ class PerplexityTask:
 
     def run(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prepared: dict[int, list[Window]],
             cfg: EvalConfig, served_length: int) -> dict[str, Any]:
-        device = model.device
+        device = input_device(model)
         by_length = {}
         for length, windows in tqdm(prepared.items(), desc="perplexity", leave=False):
             total, count = 0.0, 0

@@ -29,6 +29,7 @@ from extend.eval.loading import Condition, build_model, check_tokenizer, load_to
 from extend.eval.registry import TASKS
 from extend.eval.report import write_outputs
 from extend.eval.schema import SCHEMA_VERSION
+from extend.models.placement import device_problems
 
 # The folder name of the evaluation extend/train.py runs on its export (eval.after_training).
 AFTER_TRAINING = "after_training"
@@ -37,7 +38,7 @@ IDENTITY = "evaluation.json"
 # Files an evaluation writes in its folder (and may therefore replace).
 WRITTEN = ("eval.json", "report.md", "*.png", IDENTITY)
 # eval.* keys that decide where or how fast an evaluation runs, not what it measures.
-RUNTIME_KEYS = ("output_dir", "overwrite", "after_training", "batch_size")
+RUNTIME_KEYS = ("output_dir", "overwrite", "after_training", "batch_size", "device")
 
 
 def check_eval_config(cfg: EvalConfig) -> list[str]:
@@ -66,6 +67,7 @@ def check_eval_config(cfg: EvalConfig) -> list[str]:
         problems.append(f"eval.perplexity.max_windows={cfg.perplexity.max_windows} must be >= 1")
     if cfg.extra_new_tokens < 0:
         problems.append(f"eval.extra_new_tokens={cfg.extra_new_tokens} must be >= 0")
+    problems += device_problems("eval.device", cfg.device)
     return problems
 
 
@@ -220,7 +222,7 @@ def run_eval(cfg: ExtendConfig | DictConfig, model: PreTrainedModel | None = Non
     }
     _claim(out, evaluation_identity(cfg))
     for condition in conditions:
-        built = build_model(condition, cfg.seed)
+        built = build_model(condition, cfg.seed, cfg.eval.device)
         data["results"][condition.name] = {
             name: TASKS[name].run(built, tokenizer, items, cfg.eval, condition.served_length)
             for name, items in prepared.items()

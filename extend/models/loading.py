@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, P
 
 from extend.config import ConfigError, ModelConfig
 from extend.models import tiny_base
+from extend.models.placement import Placement
 from extend.models.presets import PRESETS
 from extend.rope.entropy import entropy_attention_name, uses_entropy_abf
 
@@ -79,17 +80,21 @@ def quantization_config(quantize: str, dtype: torch.dtype) -> BitsAndBytesConfig
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0, quantize: str | None = None) -> PreTrainedModel:
+def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0, quantize: str | None = None,
+                    placement: Placement | None = None) -> PreTrainedModel:
     """The base model's weights under `config` (which already carries the position method).
 
     Presets are randomly initialised from `seed`; folders and Hub ids load their weights, quantized by
-    bitsandbytes when `quantize` is 4bit or 8bit.
+    bitsandbytes when `quantize` is 4bit or 8bit. `placement` (evaluation; extend/models/placement.py) loads
+    them onto its device(s); None keeps them on the CPU, where training's launcher moves them.
     """
     dtype = torch_dtype(model.dtype)
     if model.name_or_path in PRESETS:
         if quantize:
             raise ConfigError([f"adapter.quantize={quantize} needs saved weights: give model.name_or_path a folder or Hub id"])
-        return build_random(config, model.attn_implementation, seed=seed, dtype=dtype)
+        built = build_random(config, model.attn_implementation, seed=seed, dtype=dtype)
+        # A preset is built in memory: it goes whole to the placement's first device.
+        return built if placement is None else built.to(placement.device)
     return AutoModelForCausalLM.from_pretrained(
         model_location(model),
         config=config,
@@ -98,6 +103,7 @@ def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0,
         trust_remote_code=model.trust_remote_code,
         attn_implementation=attention_for(config, model.attn_implementation),
         quantization_config=quantization_config(quantize, dtype) if quantize else None,
+        **(placement.load_kwargs() if placement is not None else {}),
     )
 
 

@@ -17,9 +17,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard
 
 from extend.config import REPO_ROOT
+from extend.models.placement import place, weights_bytes
 from extend.publish import layout
 from extend.publish.card import CONTEXT_LINE, probe_start, reload_how
 from extend.publish.scrub import has_token, local_paths_in
@@ -148,6 +150,12 @@ def run_probe(folder: Path, exp: Expectations) -> dict:
         args.append("--with-extend")
     if exp.adapter_base:
         args += ["--adapter-base", exp.adapter_base]
+    # On the accelerator(s) here, as eval.device=auto places a model; the CPU where there is none. The
+    # weights are the folder's, or the base's for an adapter (unknown for a Hub id: spread by accelerate).
+    size = weights_bytes(exp.adapter_base or folder) if torch.cuda.is_available() else None
+    placement = place("auto", size)
+    if placement.device_map is not None:
+        args += ["--device-map", placement.device_map]
     env = {k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV}
     env["HF_HUB_OFFLINE"] = "1"
     if exp.with_extend:  # the extend the card asks for is the one publishing it

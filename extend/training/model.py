@@ -60,3 +60,17 @@ def without_zero3_init(accelerator: Accelerator):
         yield
     finally:
         plugin.set_deepspeed_weakref()
+
+
+@contextlib.contextmanager
+def gathered(accelerator: Accelerator, params: list[nn.Parameter]):
+    """`params` whole on every process for the duration, read only: ZeRO-3 partitions parameters, so this is
+    a collective that every process enters with the same list; under other strategies they are whole already."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
