@@ -35,7 +35,7 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.md"
 WORK = ".work"
 # DataConfig fields that change how a dataset is made, not what it holds: left out of the fingerprint.
-RUNTIME_FIELDS = ("num_proc", "output_dir", "overwrite", "cache_dir")
+RUNTIME_FIELDS = ("num_proc", "output_dir", "overwrite", "cache_dir", "num_shards", "shard_index")
 # DataConfig.output_dir's default: an interpolation that resolves to data/<dataset_name(...)> of the config
 # it sits in, so data_prep and training compute the same folder from the same keys.
 DATASET_DIR_RESOLVER = "dataset_dir"
