@@ -140,3 +140,73 @@ def test_streaming_preparation_reproduces_the_in_memory_golden(corpus, tmp_path,
     out = prepare(golden_cfg(corpus, tmp_path / "ds", packing), log=lambda _: None)
     got = content_fingerprint(out)
     assert got == GOLDEN[packing]
+
+
+def test_nodes_split_tokenisation_by_block_and_the_finishing_run_gives_the_same_bytes(corpus, tmp_path, monkeypatch):
+    """Two 'nodes' (shard_index 0 and 1 of 2, one with worker processes) each tokenise every other block; the
+    run without shard_index then tokenises nothing and packs; the rows are the golden ones."""
+    import extend.data.tokenize as tok
+
+    monkeypatch.chdir(corpus)
+    monkeypatch.setattr(tok, "BLOCK_DOCS", 64)  # the jsonl source's 350 documents -> 6 blocks
+    out = tmp_path / "ds"
+    logs = []
+    for shard, num_proc in ((0, 1), (1, 2)):
+        cfg = golden_cfg(corpus, out, "pretrain", ["data.num_shards=2", f"data.shard_index={shard}",
+                                                    f"data.num_proc={num_proc}"])
+        assert prepare(cfg, log=logs.append) == out
+        assert not (out / MANIFEST).exists() and "run again without data.shard_index" in logs[-1]
+        blocks = sorted(int(p.name[6:12]) for p in (out / WORK / "tokens-000").glob("block-*.json"))
+        assert blocks == ([0, 2, 4] if shard == 0 else [0, 1, 2, 3, 4, 5])
+    encoded = []
+    monkeypatch.setattr(tok, "_encode", lambda batch: encoded.append(batch))  # the finishing run encodes nothing
+    prepare(golden_cfg(corpus, out, "pretrain"), log=lambda _: None)
+    assert encoded == [] and not (out / WORK).exists()
+    assert content_fingerprint(out) == GOLDEN["pretrain"]
+
+
+def test_invalid_shard_keys_are_refused(corpus, tmp_path, monkeypatch):
+    from extend.config import ConfigError
+
+    monkeypatch.chdir(corpus)
+    for extra, message in ((["data.num_shards=0"], "data.num_shards=0 must be >= 1"),
+                           (["data.num_shards=2", "data.shard_index=2"], r"data.shard_index=2 must be in 0..1")):
+        with pytest.raises(ConfigError, match=message):
+            prepare(golden_cfg(corpus, tmp_path / "ds", "pretrain", extra), log=lambda _: None)
+        assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.slow
+def test_run_killed_while_tokenising_resumes_to_the_bytes_of_a_clean_run(tmp_path):
+    """SIGKILL to data_prep and its tokenising workers once the first block of a multi-block source is done:
+    the rerun keeps the finished blocks, redoes the rest, and ends with the bytes of an uninterrupted run."""
+    rng = random.Random(7)
+    docs = tmp_path / "docs.jsonl"
+    with open(docs, "w") as f:  # ~30k short documents: 8 blocks of BLOCK_DOCS
+        for _ in range(30000):
+            f.write(json.dumps({"text": words(rng, rng.randint(3, 40))}) + "\n")
+    overrides = ["data=jsonl", f"data.sources.corpus.path={docs}", "data.num_proc=2", "data.rows_per_shard=4",
+                 "curriculum.tokens_per_step=512", "curriculum.stages=[{length: 64, steps: 16}]"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    work = killed / WORK / "tokens-000"
+    proc = subprocess.Popen([sys.executable, "-m", "data_prep", *overrides, f"data.output_dir={killed}"], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(work.glob("block-*.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "data_prep ended before finishing a block"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = sorted(p.name for p in work.glob("block-*.json"))
+    assert done and not (work / "tokens.json").exists() and not (killed / MANIFEST).exists()
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        resume = OmegaConf.to_object(compose("config", overrides + [f"data.output_dir={killed}"]))
+        fresh = OmegaConf.to_object(compose("config", overrides + [f"data.output_dir={clean}"]))
+    prepare(resume, log=lambda _: None)
+    prepare(fresh, log=lambda _: None)
+    files = lambda folder: {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    assert files(killed) == files(clean) and len(files(clean)) == 2 + 32
