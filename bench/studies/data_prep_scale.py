@@ -117,7 +117,7 @@ def measured(cmd: list[str], kill_after: float | None = None, interval: float = 
 
 def ours_cmd(corpus: str, out: Path, num_proc: int, length: int, stage_tokens: int, cache_dir: str) -> list[str]:
     return [sys.executable, "-m", "data_prep", "data=jsonl", f"data.sources.corpus.path={corpus}", "data.tokenizer=tiny",
-            f"data.cache_dir={cache_dir}", f"data.num_proc={num_proc}", f"data.output_dir={out}",
+            f"data.cache_dir={Path(cache_dir).expanduser()}", f"data.num_proc={num_proc}", f"data.output_dir={out}",
             f"curriculum.tokens_per_step={8 * length}", f"curriculum.stages=[{{length: {length}, tokens: {stage_tokens}}}]"]
 
 
