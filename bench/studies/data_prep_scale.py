@@ -134,6 +134,10 @@ def run_ours(corpus: str, num_proc: int, length: int, stage_tokens: int, cache_d
     out = out or Path(tempfile.mkdtemp(prefix="bench-scale-")) / "ds"
     r = measured(ours_cmd(corpus, out, num_proc, length, stage_tokens, cache_dir), kill_after)
     r["out"] = str(out)
+    markers = [json.loads(m.read_text()) for m in (out / ".work").rglob("block-*.json")]
+    joined = [json.loads(m.read_text()) for m in (out / ".work").rglob("tokens.json")]
+    r["tokenised_when_stopped"] = {"blocks": len(markers), "joined_sources": len(joined),
+                                   "tokens": sum(m["tokens"] for m in markers + joined)}
     if (out / "manifest.json").exists():
         m = json.loads((out / "manifest.json").read_text())
         r["tokens"] = sum(s["unique_tokens"] for s in m["sources"].values())
@@ -210,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-proc", type=int, default=2)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--stage-tokens", type=int, default=8 * 2**20, help="tokens of the one stage (fixed across sizes)")
-    p.add_argument("--kill-after", type=float, default=30.0, help="resume: seconds before SIGKILL")
+    p.add_argument("--kill-after", type=float, default=None,
+                   help="resume: seconds before SIGKILL (default 30); ours: stop after this long and report how far "
+                        "it got and its peak memory so far")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     a = p.parse_args(argv)
     if a.cmd == "corpus":
@@ -220,13 +226,13 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         corpus = str(Path(a.dir) / f"{a.size_mb}mb" / "*.jsonl")
         if a.cmd == "ours":
-            r = run_ours(corpus, a.num_proc, a.length, a.stage_tokens, a.cache_dir)
+            r = run_ours(corpus, a.num_proc, a.length, a.stage_tokens, a.cache_dir, a.kill_after)
             r.pop("stdout")
         elif a.cmd == "baseline":
             r = run_baseline(corpus, a.num_proc, a.length, a.cache_dir)
             r.pop("stdout")
         else:
-            r = run_resume(corpus, a.num_proc, a.length, a.stage_tokens, a.cache_dir, a.kill_after)
+            r = run_resume(corpus, a.num_proc, a.length, a.stage_tokens, a.cache_dir, a.kill_after or 30.0)
         r = {"command": a.cmd, "size_mb": a.size_mb, "num_proc": a.num_proc, **r}
     print(json.dumps(r, indent=1))
     return r
