@@ -232,6 +232,12 @@ class DataConfig:
     overwrite: bool = False
     # Where the `tiny` tokenizer is cached.
     cache_dir: str = "~/.cache/extend"
+    # Tokenisation over several nodes sharing data.output_dir's filesystem: node i of N runs data_prep with
+    # num_shards=N shard_index=i and tokenises every N-th block of documents (blocks of up to 4096 documents
+    # or 32 MiB of text); then one run with shard_index=null (the default) tokenises whatever is left,
+    # packs and writes the dataset. Neither changes the dataset's bytes.
+    num_shards: int = 1
+    shard_index: int | None = None
 
 
 @dataclass

@@ -1,6 +1,10 @@
-"""Smoke test of bench/studies/data_prep.py at minimal size: every pipeline runs and reports sane numbers."""
+"""Smoke tests of bench/studies/data_prep.py at minimal size (every pipeline runs and reports sane numbers) and of
+the memory sampler of bench/studies/data_prep_scale.py."""
 
 import importlib
+import sys
+
+import pytest
 
 
 def test_bench_runs_at_minimal_size(request, capsys):
@@ -16,3 +20,15 @@ def test_bench_runs_at_minimal_size(request, capsys):
     assert ours["efficiency"] == 1.0
     assert results["ours, sft packing of docstring chats (in memory)"]["efficiency"] >= 0.9
     assert all(r["seconds"] > 0 for r in results.values())
+
+
+@pytest.mark.slow
+def test_scale_study_samples_the_memory_of_a_process_and_its_children():
+    """The sampler behind the scale study's peak-memory figures sees memory held in a child process."""
+    scale = importlib.import_module("bench.studies.data_prep_scale")
+    code = ("import multiprocessing as mp, time\n"
+            "def hold():\n    b = bytearray(300 * 2**20); time.sleep(2)\n"
+            "p = mp.get_context('fork').Process(target=hold); p.start(); p.join()\n")
+    r = scale.measured([sys.executable, "-c", code], interval=0.1)
+    assert r["returncode"] == 0
+    assert 300 <= r["peak_pss_mb"] < 600 and 300 <= r["peak_rss_mb"] < 600

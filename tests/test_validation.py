@@ -56,6 +56,7 @@ CASES = [
     ("train", [*TINY, "publish.repo_id=not a repo", "publish.dry_run=true"], ("publish.repo_id", "ORG/NAME")),
     ("train", [*TINY, "accelerate.sequence_parallel_size=0"], ("accelerate.sequence_parallel_size=0", ">= 1")),
     ("train", [*TINY, "data.packing=zip"], ("data.packing='zip'", "pretrain")),
+    ("train", [*TINY, "data.num_shards=2", "data.shard_index=5"], ("data.shard_index=5", "0..1")),
     ("train", [*TINY, "seed=-1"], ("seed=-1", ">= 0")),
     ("train", ["recipe=no_such_recipe"], ("recipe=no_such_recipe", "tiny")),
     ("train", MINILM, ("recipe=minilm_2k", "extend encode recipe=minilm_2k")),

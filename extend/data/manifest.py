@@ -4,7 +4,8 @@ Layout of `data.output_dir` (default `data/<tokenizer>-<sources>-<fingerprint>`,
     stage-00-L256/part-00000.parquet ...   rows of one curriculum stage, in training order
     summary.md                             the summary table data_prep prints, with a legend of its columns
     manifest.json                          written last: its presence marks the folder complete
-    .work/                                 only while a run is in progress (token cache, run identity)
+    .work/                                 only while a run is in progress (token blocks and their markers,
+                                           memory-mapped token arrays, run identity)
 
 Every file is written to a temporary name and renamed into place, so a killed run leaves only whole
 files; a rerun with the same identity skips the shards already there and ends with the same bytes.
@@ -35,7 +36,7 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.md"
 WORK = ".work"
 # DataConfig fields that change how a dataset is made, not what it holds: left out of the fingerprint.
-RUNTIME_FIELDS = ("num_proc", "output_dir", "overwrite", "cache_dir")
+RUNTIME_FIELDS = ("num_proc", "output_dir", "overwrite", "cache_dir", "num_shards", "shard_index")
 # DataConfig.output_dir's default: an interpolation that resolves to data/<dataset_name(...)> of the config
 # it sits in, so data_prep and training compute the same folder from the same keys.
 DATASET_DIR_RESOLVER = "dataset_dir"

@@ -2,9 +2,14 @@
 
     check the config -> load the tokenizer -> read the sources      (every bad input fails here)
     -> decide what the output folder holds (up to date / resume / fresh)
-    -> tokenise each source (cached in .work/ for a resumed run)
-    -> per curriculum stage: draw documents, pack rows, write shards
+    -> tokenise each source, streaming, into .work/ (blocks with completion markers; a resumed run skips
+       finished blocks; with data.shard_index set, only this node's blocks, then stop)
+    -> per curriculum stage: draw documents, pack rows, write shards (token ids memory-mapped)
     -> summary.md (the summary table and its legend), manifest.json last; print the summary
+
+Reading a source streams its documents twice (once to check and hash them, once to tokenise them); no list
+of documents or of tokens is held in memory: what grows with the corpus is the document offsets (8 bytes
+per document) and, per stage, the plan of which document pieces go in which row.
 
 Without data.output_dir the folder is data/<tokenizer>-<sources>-<fingerprint> (manifest.dataset_name):
 different data gets its own folder, and the same data is found again by any run that asks for it.
@@ -13,7 +18,6 @@ different data gets its own folder, and the same data is found again by any run 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -33,7 +37,7 @@ from extend.data.packing import DRAW_MARGIN, PACKERS, Piece, materialize
 from extend.data.pose import PoseDraw
 from extend.data.report import length_histogram, summary
 from extend.data.sources import LoadContext, RawSource, SourceError, check_sources, load_source
-from extend.data.tokenize import TokenizedSource, tokenize_source
+from extend.data.tokenize import TokenizedSource, tokenize_to_disk
 from extend.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 MIXTURE_SEMANTICS = (
@@ -56,6 +60,11 @@ def check_data(data: DataConfig) -> list[str]:
         problems.append(f"data.rows_per_shard={data.rows_per_shard} must be >= 1")
     if data.seed < 0:
         problems.append(f"data.seed={data.seed} must be >= 0")
+    if data.num_shards < 1:
+        problems.append(f"data.num_shards={data.num_shards} must be >= 1 (the number of nodes tokenising)")
+    elif data.shard_index is not None and not 0 <= data.shard_index < data.num_shards:
+        problems.append(f"data.shard_index={data.shard_index} must be in 0..{data.num_shards - 1} "
+                        f"(data.num_shards={data.num_shards}), or null for the run that finishes the dataset")
     return problems
 
 
@@ -88,6 +97,11 @@ def prepare(cfg: ExtendConfig, log: Callable[[str], None] = print) -> Path:
     _claim(out, existing, identity, config, data.overwrite)
 
     sources = _tokenize(raws, names, data, tokenizer, out / WORK)
+    if sources is None:
+        log(f"{out}: shard {data.shard_index} of {data.num_shards} tokenised; once every shard is, run again "
+            "without data.shard_index to finish the dataset")
+        return out
+    _drop_partial_shards(out)
     stages = [_write_stage(plan, sources, names, data, tokenizer, out, cfg.curriculum.pose_chunks) for plan in plans]
     manifest = _manifest(identity, config, data, cfg.curriculum.tokens_per_step, tokenizer, raws, sources, stages)
     report = summary(manifest)
@@ -113,7 +127,7 @@ def _read_sources(data: DataConfig, names: list[str], tokenizer) -> dict[str, Ra
         except SourceError as err:
             problems.append(str(err))
             continue
-        if not raw.docs:
+        if not raw.documents:
             problems.append(f"data.sources.{name} ({data.sources[name].type}, path={data.sources[name].path!r}) holds "
                             "no documents (every file or record is empty); fix the input or remove the source")
         raws[name] = raw
@@ -141,21 +155,22 @@ def _claim(out: Path, existing: dict | None, identity: dict, config: dict, overw
         write_json_atomically({"identity": identity, "config": config}, run_file)
 
 
-def _tokenize(raws: dict[str, RawSource], names: list[str], data: DataConfig, tokenizer, work: Path) -> list[TokenizedSource]:
-    """Tokenised sources in `names` order; each is cached in `work` so a resumed run skips it."""
+def _tokenize(raws: dict[str, RawSource], names: list[str], data: DataConfig, tokenizer,
+              work: Path) -> list[TokenizedSource] | None:
+    """Tokenised sources in `names` order, memory-mapped from `work` (a resumed run skips finished blocks);
+    None when data.shard_index is set (this node's share is done)."""
     out = []
     for i, name in enumerate(names):
-        cache = work / f"tokens-{i:03d}.npz"
-        if cache.exists():
-            out.append(TokenizedSource.load(name, cache))
-            continue
-        tokenized = tokenize_source(raws[name], tokenizer, mask_prompt=data.sources[name].mask_prompt,
-                                    add_bos=data.add_bos, num_proc=data.num_proc)
-        tmp = work / f"tokens-{i:03d}.tmp.npz"
-        tokenized.save(tmp)
-        os.replace(tmp, cache)
-        out.append(tokenized)
-    return out
+        out.append(tokenize_to_disk(raws[name], tokenizer, work / f"tokens-{i:03d}",
+                                    mask_prompt=data.sources[name].mask_prompt, add_bos=data.add_bos,
+                                    num_proc=data.num_proc, shard_index=data.shard_index, num_shards=data.num_shards))
+    return None if data.shard_index is not None else out
+
+
+def _drop_partial_shards(out: Path) -> None:
+    """Temporary files a killed run left in the stage folders (whole shards are kept and reused)."""
+    for tmp in out.glob("stage-*/*.tmp*"):
+        tmp.unlink()
 
 
 def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[str], data: DataConfig, tokenizer,
@@ -192,14 +207,16 @@ def _write_stage(plan: StagePlan, sources: list[TokenizedSource], names: list[st
 def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], sources: list[TokenizedSource],
                   names: list[str], shards: list[dict], mixture: dict[str, float]) -> dict:
     real, target, docs = np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64), np.zeros(len(sources), np.int64)
-    cum_targets = [np.concatenate([[0], np.cumsum(s.targets, dtype=np.int64)]) for s in sources]
-    starts = [set(s.offsets[:-1].tolist()) for s in sources]
     for row in rows:
         for s, a, b in row:
             real[s] += b - a
-            # The first token of every piece has no label (see packing.py).
-            target[s] += cum_targets[s][b] - cum_targets[s][a] - int(sources[s].targets[a])
-            docs[s] += a in starts[s]
+            # The first token of every piece has no label (see packing.py). Targets may be memory-mapped:
+            # summed piece by piece, never as a cumulative array over the whole source.
+            target[s] += int(np.count_nonzero(sources[s].targets[a + 1 : b]))
+    for s, src in enumerate(sources):
+        starts = np.array([a for row in rows for t, a, _ in row if t == s], dtype=np.int64)
+        at = np.searchsorted(src.offsets, starts)
+        docs[s] = int(np.count_nonzero(src.offsets[np.minimum(at, len(src.offsets) - 1)] == starts))
     drawn = {n: [] for n in names}
     for s, a, b in order:
         drawn[names[s]].append(b - a)

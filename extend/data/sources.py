@@ -7,6 +7,11 @@ A loader returns the source's documents in a deterministic order, as one of thre
 - qa:   a (prompt, answer) pair from a synthetic task; never split.
 `check_sources` validates the config without reading anything but file names, so bad input fails before
 any heavy work.
+
+Documents are streamed, never held all at once: a loader reads its inputs once to check every record,
+count the documents and hash them (`RawSource.digest`, updated document by document), and returns a
+`Documents` stream that reads the inputs again, in the same order, each time it is iterated (only
+synthetic items, whose number the config bounds, are a list).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from extend.config import SourceConfig
 from extend.corpus import python_version, read_document, stdlib_training_files
@@ -49,16 +54,61 @@ class RawSource:
 
     name: str
     kind: str  # text | chat | qa
-    docs: list
+    # Iterable more than once, in the same order each time: a list, or a Documents stream.
+    docs: Iterable
     # A hash of the inputs (file contents, dataset identity, generator settings): a rerun after the
     # inputs changed is not a no-op.
     digest: str
     info: dict = field(default_factory=dict)
+    # How many documents `docs` yields (None: count them by iterating).
+    documents: int | None = None
+
+    def __post_init__(self):
+        if self.documents is None:
+            self.documents = len(self.docs) if isinstance(self.docs, (list, tuple)) else sum(1 for _ in self.docs)
 
     @property
     def atomic(self) -> bool:
         """Whether a document must stay in one row (conversations and task items)."""
         return self.kind != "text"
+
+
+class Documents:
+    """A source's documents as a stream: each iteration calls `make` and reads the inputs afresh."""
+
+    def __init__(self, make: Callable[[], Iterator]):
+        self._make = make
+
+    def __iter__(self) -> Iterator:
+        return self._make()
+
+
+class _Hash:
+    """`_digest(*parts)` computed part by part, and a part that is the JSON dump of a list computed item by
+    item, so a digest needs no list of the documents and equals what hashing the whole list gave."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+        self._items = 0
+
+    def part(self, value) -> None:
+        self._h.update(value if isinstance(value, bytes) else str(value).encode())
+        self._h.update(b"\0")
+
+    def open_list(self) -> None:
+        self._h.update(b"[")
+        self._items = 0
+
+    def item(self, value) -> None:
+        # json.dumps(list) is "[" + ", ".join(json.dumps(item)) + "]"
+        self._h.update((", " if self._items else "").encode() + json.dumps(value).encode())
+        self._items += 1
+
+    def close_list(self) -> None:
+        self._h.update(b"]\0")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 @dataclass
@@ -116,14 +166,28 @@ def _match(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
 
 
-def _limit(docs, src: SourceConfig) -> list:
-    out = []
+def _limit(docs: Iterable, src: SourceConfig) -> Iterator:
+    kept = 0
     for doc in docs:
-        if src.max_documents is not None and len(out) >= src.max_documents:
-            break
+        if src.max_documents is not None and kept >= src.max_documents:
+            return
         if doc:  # an empty string or conversation has nothing to learn from
-            out.append(doc)
-    return out
+            kept += 1
+            yield doc
+
+
+def _listed(name: str, kind: str, make: Callable[[], Iterator], digest: _Hash, info: dict, head=()) -> RawSource:
+    """A source whose digest ends with the JSON dump of its documents: one reading pass checks every record,
+    counts and hashes the documents; `make` streams them again for tokenisation."""
+    for part in head:
+        digest.part(part)
+    digest.open_list()
+    count = 0
+    for doc in make():
+        digest.item(doc)
+        count += 1
+    digest.close_list()
+    return RawSource(name, kind, Documents(make), digest.hexdigest(), info, count)
 
 
 def _digest(*parts) -> str:
@@ -138,23 +202,35 @@ def _load_stdlib(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
     files = stdlib_training_files()
     if src.max_documents is not None:
         files = files[: src.max_documents]
-    docs = [read_document(p) for p in files]
-    return RawSource(name, "text", _limit(docs, src), _digest(python_version(), *docs),
-                     {"python_version": python_version(), "files": len(files)})
+    digest, count = _Hash(), 0
+    digest.part(python_version())
+    for p in files:
+        doc = read_document(p)
+        digest.part(doc)
+        count += bool(doc)
+    make = lambda: _limit((read_document(p) for p in files), src)  # noqa: E731
+    return RawSource(name, "text", Documents(make), digest.hexdigest(),
+                     {"python_version": python_version(), "files": len(files)}, count)
 
 
 def _load_text(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
     files = _match(src.path)
     if src.max_documents is not None:
         files = files[: src.max_documents]
-    docs = []
-    for p in files:
+
+    def read(p: Path) -> str:
         try:
-            docs.append(p.read_text(encoding="utf-8"))
+            return p.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise SourceError(f"data.sources.{name}: {p} is not UTF-8 text ({err.reason} at byte {err.start})") from err
-    return RawSource(name, "text", _limit(docs, src), _digest(*[f"{p}\0{d}" for p, d in zip(files, docs)]),
-                     {"files": len(files)})
+
+    digest, count = _Hash(), 0
+    for p in files:
+        doc = read(p)
+        digest.part(f"{p}\0{doc}")
+        count += bool(doc)
+    make = lambda: _limit((read(p) for p in files), src)  # noqa: E731
+    return RawSource(name, "text", Documents(make), digest.hexdigest(), {"files": len(files)}, count)
 
 
 def _record_doc(record: dict, src: SourceConfig, where: str):
@@ -203,8 +279,7 @@ def _load_jsonl(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
                         raise SourceError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
                     yield _record_doc(record, src, where)
 
-    docs = _limit(records(), src)
-    return RawSource(name, FORMATS[src.format], docs, _digest(json.dumps(docs)), {"files": len(_match(src.path))})
+    return _listed(name, FORMATS[src.format], lambda: _limit(records(), src), _Hash(), {"files": len(_match(src.path))})
 
 
 def _load_parquet(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
@@ -214,11 +289,13 @@ def _load_parquet(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
 
     def records():
         for path in _match(src.path):
-            for i, value in enumerate(pq.read_table(path, columns=[column]).column(0).to_pylist()):
-                yield _record_doc({column: value}, src, f"data.sources.{name}: {path} row {i}")
+            i = 0
+            for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=1024):
+                for value in batch.column(0).to_pylist():
+                    yield _record_doc({column: value}, src, f"data.sources.{name}: {path} row {i}")
+                    i += 1
 
-    docs = _limit(records(), src)
-    return RawSource(name, FORMATS[src.format], docs, _digest(json.dumps(docs)), {"files": len(_match(src.path))})
+    return _listed(name, FORMATS[src.format], lambda: _limit(records(), src), _Hash(), {"files": len(_match(src.path))})
 
 
 def _load_hf(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
@@ -227,7 +304,20 @@ def _load_hf(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
     try:
         ds = datasets.load_dataset(src.path, name=src.subset, split=src.split, revision=src.revision,
                                    streaming=src.streaming)
-        docs = _limit((_record_doc(r, src, f"data.sources.{name}: {src.path} record {i}") for i, r in enumerate(ds)), src)
+
+        def make() -> Iterator:
+            return _limit((_record_doc(r, src, f"data.sources.{name}: {src.path} record {i}") for i, r in enumerate(ds)), src)
+
+        info = {"dataset": src.path, "subset": src.subset, "split": src.split, "streaming": src.streaming}
+        head = (src.path, src.subset, src.split, src.revision, src.max_documents)
+        if not src.streaming:
+            return _listed(name, FORMATS[src.format], make, _Hash(), info, head)
+        # A streamed dataset is identified by its name and settings, not its records.
+        digest = _Hash()
+        for part in (*head, ""):
+            digest.part(part)
+        return RawSource(name, FORMATS[src.format], Documents(make), digest.hexdigest(), info,
+                         sum(1 for _ in make()))
     except SourceError:
         raise
     except (OSError, ValueError) as err:
@@ -239,9 +329,6 @@ def _load_hf(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
             f"(or `hf download --repo-type dataset {src.path}`), copy ~/.cache/huggingface over, and set "
             "HF_HUB_OFFLINE=1; or export it to JSONL/Parquet and use a jsonl/parquet source"
         ) from err
-    return RawSource(name, FORMATS[src.format], docs, _digest(src.path, src.subset, src.split, src.revision, src.max_documents,
-                                                    json.dumps(docs) if not src.streaming else ""),
-                     {"dataset": src.path, "subset": src.subset, "split": src.split, "streaming": src.streaming})
 
 
 def _load_synthetic(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource:
@@ -254,7 +341,7 @@ def _load_synthetic(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource
         target, tokens = over[0]
         raise SourceError(f"data.sources.{name}.lengths: a {src.task} item needs at least {tokens} tokens with this "
                           f"tokenizer, more than the target {target}; use lengths of at least {tokens}")
-    docs = _limit(((item.prompt, item.answer) for item in items), src)
+    docs = list(_limit(((item.prompt, item.answer) for item in items), src))
     return RawSource(name, "qa", docs, _digest(json.dumps(docs)), {"task": src.task, "lengths": list(src.lengths)})
 
 

@@ -1,28 +1,53 @@
-"""Tokenise a source into one flat array of ids with EOS after every document, in parallel.
+"""Tokenise a source into one flat array of ids with EOS after every document, in parallel, streaming.
 
 Documents become lists of (text, is_target) segments first: a text document is one target segment, a
 synthetic item a prompt and an answer, a conversation the chat template's pieces per message. Segments
 are tokenised separately (so a target never shares a token with its prompt) and concatenated.
+
+`tokenize_to_disk` streams: documents are read from the source, cut into batches (the unit of work of
+the `num_proc` worker processes, at most 2 x num_proc of them in flight) and blocks (the unit of
+completion: consecutive documents up to BLOCK_DOCS documents or BLOCK_CHARS characters). A finished
+block's token ids, target flags and document lengths are renamed into place, then its marker is written;
+a rerun skips every block with a marker, and a node with `shard_index` set tokenises only the blocks
+b with b % num_shards == shard_index. Once every block of a source is done, the blocks are joined into
+ids.bin / targets.bin / offsets.npy, which the packer memory-maps. Block boundaries depend on the
+documents alone (not on num_proc or the number of nodes), so every split of the work gives the same bytes.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
+import socket
+from collections import deque
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from extend.data.sources import RawSource, SourceError
 
+# A batch (sent to one worker): up to BATCH_DOCS documents or BATCH_CHARS characters.
 BATCH_DOCS = 256
+BATCH_CHARS = 4 << 20
+# A block (the unit of completion and of the split over nodes): up to BLOCK_DOCS documents or BLOCK_CHARS
+# characters. Changing either changes no output byte, only how much a killed run redoes.
+BLOCK_DOCS = 4096
+BLOCK_CHARS = 32 << 20
+TOKENS_DONE = "tokens.json"
 
 
 @dataclass
 class TokenizedSource:
-    """All documents of one source back to back; `offsets[i]:offsets[i+1]` is document i (EOS included)."""
+    """All documents of one source back to back; `offsets[i]:offsets[i+1]` is document i (EOS included).
+
+    `ids` and `targets` are arrays in memory or memory-mapped files (`open_tokenized`); only `offsets` (8
+    bytes per document) is always in memory."""
 
     name: str
     ids: np.ndarray  # int32
@@ -37,14 +62,6 @@ class TokenizedSource:
     @property
     def num_tokens(self) -> int:
         return int(self.offsets[-1])
-
-    def save(self, path) -> None:
-        np.savez(path, ids=self.ids, targets=self.targets, offsets=self.offsets, atomic=self.atomic)
-
-    @classmethod
-    def load(cls, name: str, path) -> "TokenizedSource":
-        with np.load(path) as f:
-            return cls(name, f["ids"], f["targets"], f["offsets"], bool(f["atomic"]))
 
 
 def chat_segments(messages: list[dict], tokenizer, mask_prompt: bool) -> list[tuple[str, bool]]:
@@ -118,28 +135,170 @@ def _encode(batch: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, targets, np.array(doc_lengths, dtype=np.int64)
 
 
-def tokenize_source(raw: RawSource, tokenizer, *, mask_prompt: bool, add_bos: bool, num_proc: int) -> TokenizedSource:
-    """Tokenise every document of `raw`, in document order, with `num_proc` forked workers."""
-    if tokenizer.bos_token_id is None and add_bos:
-        raise SourceError("data.add_bos is true but the tokenizer has no BOS token; set data.add_bos=false")
-    batches = [raw.docs[i : i + BATCH_DOCS] for i in range(0, len(raw.docs), BATCH_DOCS)]
-    args = (tokenizer, raw.kind, mask_prompt, add_bos)
-    bar = tqdm(total=len(raw.docs), desc=f"tokenize {raw.name}", unit="doc", leave=False)
-    results = []
+def _chars(kind: str, doc) -> int:
+    """A document's size in characters, which closes batches and blocks."""
+    if kind == "text":
+        return len(doc)
+    if kind == "qa":
+        return len(doc[0]) + len(doc[1])
+    return sum(len(m["content"]) if isinstance(m["content"], str) else 1 for m in doc)
+
+
+def _batches(docs: Iterable, kind: str) -> Iterator[tuple[int, list, bool]]:
+    """(block index, batch of documents, whether the batch ends its block), in document order."""
+    block, batch, block_docs, block_chars, batch_chars = 0, [], 0, 0, 0
+    for doc in docs:
+        n = _chars(kind, doc)
+        batch.append(doc)
+        block_docs, block_chars, batch_chars = block_docs + 1, block_chars + n, batch_chars + n
+        if block_docs >= BLOCK_DOCS or block_chars >= BLOCK_CHARS:
+            yield block, batch, True
+            block, batch, block_docs, block_chars, batch_chars = block + 1, [], 0, 0, 0
+        elif len(batch) >= BATCH_DOCS or batch_chars >= BATCH_CHARS:
+            yield block, batch, False
+            batch, batch_chars = [], 0
+    if batch:
+        yield block, batch, True
+
+
+def _encoded(jobs: Iterable[tuple[object, list]], args: tuple, num_proc: int) -> Iterator[tuple[object, tuple]]:
+    """(tag, _encode(batch)) for every (tag, batch) of `jobs`, in order; with num_proc > 1 on forked workers,
+    holding at most 2 x num_proc batches in flight, so memory does not grow with the source."""
     if num_proc == 1:
         _init(*args)
-        for batch in batches:
-            results.append(_encode(batch))
-            bar.update(len(batch))
-    else:
-        # fork: workers inherit the tokenizer without pickling it, and start in milliseconds.
-        with multiprocessing.get_context("fork").Pool(num_proc, initializer=_init_worker, initargs=args) as pool:
-            for batch, result in zip(batches, pool.imap(_encode, batches)):
-                results.append(result)
-                bar.update(len(batch))
+        for tag, batch in jobs:
+            yield tag, _encode(batch)
+        return
+    # fork: workers inherit the tokenizer without pickling it, and start in milliseconds.
+    with multiprocessing.get_context("fork").Pool(num_proc, initializer=_init_worker, initargs=args) as pool:
+        pending: deque = deque()
+        for tag, batch in jobs:
+            pending.append((tag, pool.apply_async(_encode, (batch,))))
+            if len(pending) >= 2 * num_proc:
+                tag, result = pending.popleft()
+                yield tag, result.get()
+        while pending:
+            tag, result = pending.popleft()
+            yield tag, result.get()
+
+
+def _check_bos(tokenizer, add_bos: bool) -> None:
+    if tokenizer.bos_token_id is None and add_bos:
+        raise SourceError("data.add_bos is true but the tokenizer has no BOS token; set data.add_bos=false")
+
+
+def tokenize_source(raw: RawSource, tokenizer, *, mask_prompt: bool, add_bos: bool, num_proc: int) -> TokenizedSource:
+    """Tokenise every document of `raw`, in document order, with `num_proc` forked workers, in memory."""
+    _check_bos(tokenizer, add_bos)
+    args = (tokenizer, raw.kind, mask_prompt, add_bos)
+    bar = tqdm(total=raw.documents, desc=f"tokenize {raw.name}", unit="doc", leave=False)
+    results = []
+    for _, result in _encoded(((None, batch) for _, batch, _ in _batches(raw.docs, raw.kind)), args, num_proc):
+        results.append(result)
+        bar.update(len(result[2]))
     bar.close()
     ids = np.concatenate([r[0] for r in results]) if results else np.zeros(0, np.int32)
     targets = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
     lengths = np.concatenate([r[2] for r in results]) if results else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return TokenizedSource(raw.name, ids, targets, offsets, raw.atomic)
+
+
+# Files of a block / of a joined source, and the dtype each holds.
+PARTS = {"ids": np.int32, "targets": np.bool_, "lengths": np.int64}
+
+
+def _tmp(path: Path) -> Path:
+    """A temporary name no other process (on this or another node) uses."""
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(obj, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def open_tokenized(name: str, folder: Path) -> TokenizedSource | None:
+    """The joined source in `folder`, memory-mapped; None while it is not complete."""
+    done = folder / TOKENS_DONE
+    if not done.exists():
+        return None
+    info = json.loads(done.read_text())
+
+    def mapped(part: str) -> np.ndarray:
+        if info["tokens"] == 0:
+            return np.zeros(0, PARTS[part])
+        return np.memmap(folder / f"{part}.bin", dtype=PARTS[part], mode="r", shape=(info["tokens"],))
+
+    offsets = np.load(folder / "offsets.npy")
+    return TokenizedSource(name, mapped("ids"), mapped("targets"), offsets, info["atomic"])
+
+
+def tokenize_to_disk(raw: RawSource, tokenizer, folder: Path, *, mask_prompt: bool, add_bos: bool, num_proc: int,
+                     shard_index: int | None = None, num_shards: int = 1) -> TokenizedSource | None:
+    """Tokenise `raw` into `folder` block by block (see the module docstring), skipping blocks already done;
+    the joined, memory-mapped source, or None when `shard_index` is set (this node's blocks are done, the
+    source is joined by a run without shard_index)."""
+    _check_bos(tokenizer, add_bos)
+    if (joined := open_tokenized(raw.name, folder)) is not None:
+        return joined
+    folder.mkdir(parents=True, exist_ok=True)
+    args = (tokenizer, raw.kind, mask_prompt, add_bos)
+    mine = (lambda b: True) if shard_index is None else (lambda b: b % num_shards == shard_index)
+    marker = lambda b: folder / f"block-{b:06d}.json"  # noqa: E731
+    blocks: list[int] = []
+    todo: dict[int, bool] = {}
+
+    def jobs() -> Iterator[tuple[tuple[int, bool], list]]:
+        for block, batch, last in _batches(raw.docs, raw.kind):
+            if last:
+                blocks.append(block)
+            if block not in todo:  # decided once per block, at its first batch
+                todo[block] = mine(block) and not marker(block).exists()
+            if todo[block]:
+                yield (block, last), batch
+
+    bar = tqdm(total=raw.documents, desc=f"tokenize {raw.name}", unit="doc", leave=False)
+    files, counts = None, [0, 0]
+    for (block, last), (ids, targets, lengths) in _encoded(jobs(), args, num_proc):
+        if files is None:
+            files = {part: open(_tmp(folder / f"block-{block:06d}.{part}"), "wb") for part in PARTS}
+        files["ids"].write(ids.tobytes())
+        files["targets"].write(targets.tobytes())
+        files["lengths"].write(lengths.tobytes())
+        counts[0] += len(lengths)
+        counts[1] += len(ids)
+        bar.update(len(lengths))
+        if last:
+            for part, f in files.items():
+                f.close()
+                os.replace(f.name, folder / f"block-{block:06d}.{part}")
+            _write_json({"documents": counts[0], "tokens": counts[1]}, marker(block))
+            files, counts = None, [0, 0]
+    bar.close()
+    if shard_index is not None:
+        return None
+    _join(folder, blocks, raw.atomic)
+    return open_tokenized(raw.name, folder)
+
+
+def _join(folder: Path, blocks: list[int], atomic: bool) -> None:
+    """Concatenate the blocks into ids.bin, targets.bin and offsets.npy; the marker last, then drop the blocks."""
+    tokens = 0
+    for part in ("ids", "targets"):
+        with open(_tmp(folder / f"{part}.bin"), "wb") as out:
+            for b in blocks:
+                with open(folder / f"block-{b:06d}.{part}", "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+            tokens = out.tell() // np.dtype(PARTS[part]).itemsize
+        os.replace(out.name, folder / f"{part}.bin")
+    lengths = [np.fromfile(folder / f"block-{b:06d}.lengths", dtype=np.int64) for b in blocks]
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths) if lengths else np.zeros(0, np.int64))]).astype(np.int64)
+    assert offsets[-1] == tokens, (offsets[-1], tokens)
+    with open(_tmp(folder / "offsets.npy"), "wb") as f:
+        np.save(f, offsets)
+    os.replace(f.name, folder / "offsets.npy")
+    _write_json({"documents": len(offsets) - 1, "tokens": tokens, "atomic": atomic}, folder / TOKENS_DONE)
+    for path in folder.glob("block-*"):
+        path.unlink()
