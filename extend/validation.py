@@ -183,7 +183,20 @@ def _run_value_problems(cfg: DecoderConfig) -> list[str]:
     if a.type in ("lora", "longlora") and (a.r < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1):
         problems.append(f"adapter.r={a.r}, adapter.alpha={a.alpha}, adapter.dropout={a.dropout}: r must be >= 1, "
                         "alpha > 0 and dropout in [0, 1)")
+    problems += _inference_only_problems(cfg.rope.type)
     return problems  # rope.* values are the rope registry's to check (rope_problems)
+
+
+def _inference_only_problems(rope_type: str) -> list[str]:
+    """LM-Infinite and SelfExtend are training-free: they are evaluated, never trained."""
+    from extend.rope import METHODS
+
+    method = METHODS.get(rope_type)
+    if method is None or not method.inference_only:
+        return []
+    return [f"rope.type={rope_type} is a training-free inference method and is not trained: evaluate with it "
+            f"(python -m extend.eval model=PATH rope={rope_type}, or in eval.comparisons) and train with another "
+            "method (e.g. rope=yarn)"]
 
 
 def _curriculum_problems(cfg: DecoderConfig) -> list[str]:
