@@ -183,7 +183,6 @@ def _run_value_problems(cfg: DecoderConfig) -> list[str]:
     if a.type in ("lora", "longlora") and (a.r < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1):
         problems.append(f"adapter.r={a.r}, adapter.alpha={a.alpha}, adapter.dropout={a.dropout}: r must be >= 1, "
                         "alpha > 0 and dropout in [0, 1)")
-    problems += _inference_only_problems(cfg.rope.type)
     return problems  # rope.* values are the rope registry's to check (rope_problems)
 
 
@@ -264,6 +263,7 @@ def _adapter_and_model_problems(cfg: DecoderConfig, world: int, launching: bool)
         model_config = apply_rope(base_config, resolve_rope(cfg.rope, base_config))
     except ConfigError as err:
         return None, problems + err.problems + check_accelerate(cfg, None, world, launched=launching or None)
+    problems += _inference_only_problems(cfg.rope.type)  # a valid method that is not trained
     addressable = config_served_lengths(model_config, None)["transformers"]
     if cfg.eval.after_training and not cfg.eval.extrapolate:
         too_long = [n for n in cfg.eval.lengths if n > addressable]
