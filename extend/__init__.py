@@ -1,7 +1,8 @@
 """extend: fine-tuning that extends the context window of pretrained transformers.
 
 Importing the package registers what stock transformers cannot express: the `entropy_abf` rope type and
-its entropy-aware attention functions; and the `${dataset_dir:}` resolver that names the default dataset
+its entropy-aware attention functions; the `lm_infinite` and `self_extend` rope types and their remapped
+attention (extend/rope/remapped.py); and the `${dataset_dir:}` resolver that names the default dataset
 folder (extend/data/manifest.py), so every config composed after `import extend` resolves. It also drops one
 import-time warning of bitsandbytes (below).
 """
@@ -18,8 +19,10 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 
 from extend.data import manifest as _manifest  # noqa: E402
 from extend.rope import entropy as _entropy  # noqa: E402
+from extend.rope import remapped as _remapped  # noqa: E402
 
 _entropy.register()
+_remapped.register()
 _manifest.register_resolver()
 
 __version__ = "0.1.0"

@@ -83,6 +83,15 @@ class RopeConfig:
     # rescales; the other types keep theirs. None = full_attention (sliding-window layers never see a distance
     # beyond their window). Setting it for a model with one set of parameters is an error.
     attention_type: str | None = None
+    # lm_infinite (training-free): the first tokens every query sees (n_global, default 10), the last tokens it
+    # sees (L_local) and the distance keys beyond that window are seen at (d); both default to the original length.
+    global_tokens: int | None = None
+    local_window: int | None = None
+    distance_limit: int | None = None
+    # self_extend (training-free): the group size G of floor-divided distant positions (default: the smallest
+    # G with (L - w) * G + w >= the extended length) and the neighbour window w kept exact (default L / 4).
+    group_size: int | None = None
+    neighbor_window: int | None = None
 
 
 @dataclass

@@ -189,6 +189,18 @@ def _run_value_problems(cfg: DecoderConfig) -> list[str]:
     return problems  # rope.* values are the rope registry's to check (rope_problems)
 
 
+def _inference_only_problems(rope_type: str) -> list[str]:
+    """LM-Infinite and SelfExtend are training-free: they are evaluated, never trained."""
+    from extend.rope import METHODS
+
+    method = METHODS.get(rope_type)
+    if method is None or not method.inference_only:
+        return []
+    return [f"rope.type={rope_type} is a training-free inference method and is not trained: evaluate with it "
+            f"(python -m extend.eval model=PATH rope={rope_type}, or in eval.comparisons) and train with another "
+            "method (e.g. rope=yarn)"]
+
+
 def _curriculum_problems(cfg: DecoderConfig) -> list[str]:
     from extend.data.curriculum import check_curriculum
 
@@ -254,6 +266,7 @@ def _adapter_and_model_problems(cfg: DecoderConfig, world: int, launching: bool)
         model_config = apply_rope(base_config, resolve_rope(cfg.rope, base_config))
     except ConfigError as err:
         return None, problems + err.problems + check_accelerate(cfg, None, world, launched=launching or None)
+    problems += _inference_only_problems(cfg.rope.type)  # a valid method that is not trained
     addressable = config_served_lengths(model_config, None)["transformers"]
     if cfg.eval.after_training and not cfg.eval.extrapolate:
         too_long = [n for n in cfg.eval.lengths if n > addressable]

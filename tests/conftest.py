@@ -52,6 +52,8 @@ METHOD_SETTINGS: dict[str, dict] = {
     "power": {"factor": 4, "power": 0.5},
     "truncated": {"factor": 4, "truncation_length": 8.0},
     "entropy_abf": {"factor": 4, "rope_theta": 500000.0, "exempt_layers": 1, "log_scale_length": 64},
+    "lm_infinite": {"factor": 4, "global_tokens": 4, "local_window": 32, "distance_limit": 32},
+    "self_extend": {"factor": 4, "group_size": 8, "neighbor_window": 16},
 }
 
 

@@ -29,3 +29,12 @@ def test_method_study_runs_at_minimal_size(tmp_path, capsys):
     assert saved["command"].startswith("python -m bench.studies.method_study --methods linear yarn --seeds 0 1")
     assert (tmp_path / "study" / "method_study.png").stat().st_size > 0
     assert "| linear | fine-tuned (2 seeds) |" in capsys.readouterr().out
+
+    # A training-free inference method joins the saved study (--add): a no-training row, no fine-tune.
+    added = bench.main(["--methods", "self_extend", "--add", "--out", str(tmp_path / "study"), "--", *small])
+    assert added["self_extend"]["fine_tuned"] == {} and added["self_extend"]["no_training"]["perplexity"][128] > 0
+    saved = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert set(saved["results"]) == {"linear", "yarn", "self_extend"} and len(saved["commands"]) == 2
+    table = (tmp_path / "study" / "table.md").read_text()
+    assert "| self_extend | no training |" in table and "| self_extend | fine-tuned" not in table
+    assert "| yarn | fine-tuned (2 seeds) |" in table  # the earlier methods are kept, not rerun

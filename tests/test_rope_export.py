@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from extend.config import ModelConfig, RopeConfig
 from extend.models import build_random, load_base_config, save_extended
-from extend.rope import apply_rope, config_served_lengths, resolve_rope, served_lengths
+from extend.rope import METHODS, apply_rope, config_served_lengths, resolve_rope, served_lengths
 from extend.rope.apply import PROVENANCE_KEY
 
 from conftest import FAMILY_PRESETS, METHOD_SETTINGS
@@ -28,6 +28,11 @@ def test_model_built_from_export_uses_the_method(method, preset):
     resolved = resolve_rope(RopeConfig(type=method, **METHOD_SETTINGS[method]), base)
     model = build_random(apply_rope(base, resolved))
     rotary = rotary_of(model)
+    if METHODS[method].inference_only:
+        # LM-Infinite, SelfExtend: the model's own rotation is the identity; attention rotates with the
+        # method's frequencies (tests/test_lm_infinite.py, tests/test_self_extend.py)
+        assert not rotary.inv_freq.any() and rotary.attention_scaling == 1.0
+        return
     x = torch.zeros(1, 1, 16)
     # Short and long inputs: dynamic and longrope switch frequencies beyond the original length.
     for seq_len in (resolved.original_length, 4 * resolved.original_length):

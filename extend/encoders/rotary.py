@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError, RopeConfig
-from extend.rope import ResolvedRope, apply_rope, resolve_rope
+from extend.rope import METHODS, ResolvedRope, apply_rope, resolve_rope
 
 # model_type -> what it is. Each is loaded with AutoModel and read from last_hidden_state.
 ROPE_FAMILIES = {
@@ -46,6 +46,10 @@ def resolve_encoder_rope(rope: RopeConfig, config: PretrainedConfig, target_leng
     if rope.type == "none":
         raise ConfigError([f"rope.type is none, but {config.model_type} encoders reach encoder.target_length="
                            f"{target_length} through a position method: add rope=yarn (or linear, ntk, dynamic, ...)"])
+    if rope.type in METHODS and METHODS[rope.type].inference_only:
+        raise ConfigError([f"rope.type={rope.type} is a training-free method for causal decoders (its remapped "
+                           "attention assumes keys before the query); encoders train and attend both ways: use yarn, "
+                           "linear, ntk or dynamic"])
     factor = target_length / old
     if rope.factor not in (1.0, factor):
         raise ConfigError([f"rope.factor={rope.factor:g} disagrees with encoder.target_length={target_length} (original "

@@ -12,6 +12,8 @@ from extend.models import tiny_base
 from extend.models.placement import Placement
 from extend.models.presets import PRESETS
 from extend.rope.entropy import entropy_attention_name, uses_entropy_abf
+from extend.rope.remapped import ATTENTION_NAME as REMAPPED_ATTENTION
+from extend.rope.remapped import uses_remapped_attention
 
 
 def model_location(model: ModelConfig) -> str:
@@ -108,7 +110,10 @@ def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0,
 
 
 def attention_for(config: PreTrainedConfig, requested: str) -> str:
-    """The attention implementation to build with: entropy-aware ABF wraps the requested kernel."""
+    """The attention implementation to build with: entropy-aware ABF wraps the requested kernel; LM-Infinite
+    and SelfExtend replace it with their remapped attention (its own chunked kernel, whatever was requested)."""
+    if uses_remapped_attention(config):
+        return REMAPPED_ATTENTION
     return entropy_attention_name(requested) if uses_entropy_abf(config) else requested
 
 
@@ -122,7 +127,8 @@ def build_random(config: PreTrainedConfig, attn_implementation: str = "sdpa", se
 
 
 def load_pretrained(path: str | Path, attn_implementation: str = "sdpa", **kwargs) -> PreTrainedModel:
-    """from_pretrained that also loads checkpoints whose method needs extend's attention (entropy_abf)."""
+    """from_pretrained that also loads checkpoints whose method needs extend's attention (entropy_abf,
+    lm_infinite, self_extend)."""
     config = AutoConfig.from_pretrained(str(path))
     return AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation=attention_for(config, attn_implementation), **kwargs

@@ -134,11 +134,12 @@ def _usage(info: ExportInfo, repo_id: str, adapter_only: bool, length: int) -> l
             "```",
         ]
     if info.needs_extend:
+        rope_type = info.rope_parameters["rope_type"]
         return [
-            "This position method (entropy-aware ABF) scales attention logits, which no stock loader can express: "
+            f"This position method ({rope_type}) lives partly in attention, which no stock loader can express: "
             "`import extend` registers its rope type and attention functions with transformers. Without it "
-            "transformers fails with `KeyError: 'entropy_abf'` while building the model; vLLM and lm-eval load "
-            "through stock code and cannot run it.", "", "```python", "import extend  # registers entropy_abf",
+            f"transformers fails with `KeyError: '{rope_type}'` while building the model; vLLM and lm-eval load "
+            "through stock code and cannot run it.", "", "```python", f"import extend  # registers {rope_type}",
             "from extend.models import load_pretrained", "from transformers import AutoTokenizer", "",
             f'model = load_pretrained("{repo_id}")', f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```",
         ]

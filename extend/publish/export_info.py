@@ -17,7 +17,7 @@ from extend.eval.runner import AFTER_TRAINING
 from extend.eval.schema import validate as validate_eval_json
 from extend.models import tiny_base
 from extend.models.presets import PRESETS
-from extend.rope.export import ENTROPY_ROPE_TYPE, PROVENANCE_KEY, scaled_rope_parameters, served_lengths
+from extend.rope.export import EXTEND_ONLY_ROPE_TYPES, PROVENANCE_KEY, scaled_rope_parameters, served_lengths
 
 
 def is_hub_id(name: str, namespace_required: bool = False) -> bool:
@@ -150,7 +150,7 @@ class ExportInfo:
     @property
     def needs_extend(self) -> bool:
         """Whether stock loaders cannot express the method (config.json names a rope type `import extend` registers)."""
-        return self.rope_parameters.get("rope_type") == ENTROPY_ROPE_TYPE
+        return self.rope_parameters.get("rope_type") in EXTEND_ONLY_ROPE_TYPES
 
     @property
     def tokenizer_max_length(self) -> int | None:

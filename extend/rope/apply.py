@@ -122,6 +122,10 @@ def _attention_type(
         problems.append(f"rope.type={method.name} scales the queries of every layer past rope.exempt_layers, not one "
                         f"attention type; with RoPE parameters per attention type ({', '.join(types)}) use a method "
                         "that only changes frequencies (e.g. abf)")
+    if method.inference_only:
+        problems.append(f"rope.type={method.name} remaps relative positions in the attention of every layer, not one "
+                        f"attention type; with RoPE parameters per attention type ({', '.join(types)}) use a method "
+                        "that only changes frequencies (e.g. yarn)")
     return chosen, problems
 
 

@@ -7,7 +7,9 @@ Each method is written in the most portable form stock loaders understand:
 - `longrope` with short_factor = long_factor = theta_i / theta'_i and an explicit attention factor for
   any static per-dimension rescaling (power, truncated); a zero frequency gets a huge finite factor;
 - `entropy_abf`, which no stock loader can express, as a custom rope type that only `import extend`
-  registers: loading it without extend fails at model construction instead of running silently.
+  registers: loading it without extend fails at model construction instead of running silently;
+- `lm_infinite` and `self_extend` the same way: their relative positions differ per (query, key) pair, which
+  no rope type of a stock loader can express (extend/rope/remapped.py).
 
 Lengths: transformers' dynamic scaling and vLLM's length rule both treat `max_position_embeddings` as
 the *original* length for linear and dynamic (vLLM multiplies it by `factor`), while yarn, llama3,
@@ -23,6 +25,8 @@ from typing import Any, Callable
 from extend.rope.methods import (
     AbfParams,
     EntropyAbfParams,
+    LmInfiniteParams,
+    SelfExtendParams,
     Llama3Params,
     LongRopeParams,
     ScaleParams,
@@ -35,6 +39,10 @@ from extend.rope.methods import (
 # angle at a million positions smaller than 1e-20 rad, which is zero to float32 cos and sin.
 ZERO_FREQUENCY_FACTOR = 1e30
 ENTROPY_ROPE_TYPE = "entropy_abf"
+LM_INFINITE_ROPE_TYPE = "lm_infinite"
+SELF_EXTEND_ROPE_TYPE = "self_extend"
+# config.json rope types that only `import extend` registers: a stock loader cannot build such a model.
+EXTEND_ONLY_ROPE_TYPES = (ENTROPY_ROPE_TYPE, LM_INFINITE_ROPE_TYPE, SELF_EXTEND_ROPE_TYPE)
 # Key under which a saved config.json records how its positions were changed.
 PROVENANCE_KEY = "extend_position_method"
 # The attention type a method rescales in configs with RoPE parameters per type (ModernBERT, Gemma 3).
@@ -136,6 +144,29 @@ def entropy_abf_export(dim: int, base: float, p: EntropyAbfParams) -> tuple[dict
         "rope_theta": p.rope_theta,
         "log_scale_length": p.effective_log_scale_length,
         "exempt_layers": p.exempt_layers,
+        "original_max_position_embeddings": p.original_max_position_embeddings,
+    }
+    return rope, p.extended_length
+
+
+def lm_infinite_export(dim: int, base: float, p: LmInfiniteParams) -> tuple[dict[str, Any], int]:
+    rope = {
+        "rope_type": LM_INFINITE_ROPE_TYPE,
+        "rope_theta": base,
+        "global_tokens": p.global_tokens,
+        "local_window": p.effective_local_window,
+        "distance_limit": p.effective_distance_limit,
+        "original_max_position_embeddings": p.original_max_position_embeddings,
+    }
+    return rope, p.extended_length
+
+
+def self_extend_export(dim: int, base: float, p: SelfExtendParams) -> tuple[dict[str, Any], int]:
+    rope = {
+        "rope_type": SELF_EXTEND_ROPE_TYPE,
+        "rope_theta": base,
+        "group_size": p.effective_group_size,
+        "neighbor_window": p.effective_neighbor_window,
         "original_max_position_embeddings": p.original_max_position_embeddings,
     }
     return rope, p.extended_length

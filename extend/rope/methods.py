@@ -75,6 +75,58 @@ class EntropyAbfParams(ScaleParams):
         return self.original_max_position_embeddings if self.log_scale_length is None else self.log_scale_length
 
 
+@dataclass(frozen=True)
+class LmInfiniteParams(ScaleParams):
+    """LM-Infinite (Han et al., NAACL 2024): a query sees the first `global_tokens` and the last `local_window`
+    tokens; keys beyond the window are seen at the distance `distance_limit`."""
+
+    # n_global: the reference's drop-in default (its README: 10-100 give similar results).
+    global_tokens: int = 10
+    # L_local; None = the original length L (the paper's L_pretrain).
+    local_window: int | None = None
+    # The distance ceiling d; None = the original length L (the paper's choice).
+    distance_limit: int | None = None
+
+    @property
+    def effective_local_window(self) -> int:
+        return self.original_max_position_embeddings if self.local_window is None else self.local_window
+
+    @property
+    def effective_distance_limit(self) -> int:
+        return self.original_max_position_embeddings if self.distance_limit is None else self.distance_limit
+
+
+@dataclass(frozen=True)
+class SelfExtendParams(ScaleParams):
+    """SelfExtend (Jin et al., ICML 2024): neighbours within `neighbor_window` at exact relative positions,
+    the rest at floor(m / G) - floor(n / G) + w - floor(w / G)."""
+
+    # G; None = the smallest G whose reach (L - w) * G + w covers the extended length s * L (the paper's
+    # rule for choosing G).
+    group_size: int | None = None
+    # w; None = L / 4 (the paper's 1024 for Llama-2's 4096).
+    neighbor_window: int | None = None
+
+    @property
+    def effective_neighbor_window(self) -> int:
+        if self.neighbor_window is not None:
+            return self.neighbor_window
+        return max(1, self.original_max_position_embeddings // 4)
+
+    @property
+    def effective_group_size(self) -> int:
+        if self.group_size is not None:
+            return self.group_size
+        length, window = self.original_max_position_embeddings, self.effective_neighbor_window
+        return max(1, math.ceil((self.extended_length - window) / max(1, length - window)))
+
+    @property
+    def reach(self) -> int:
+        """The longest input whose largest grouped distance stays below L: (L - w) * G + w."""
+        window = self.effective_neighbor_window
+        return (self.original_max_position_embeddings - window) * self.effective_group_size + window
+
+
 def default_inv_freq(dim: int, base: float) -> torch.Tensor:
     """theta_i = b^(-2i/d) in float64 (Su et al., 2021)."""
     exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
@@ -198,3 +250,10 @@ def entropy_abf_inv_freq(dim: int, base: float, p: EntropyAbfParams, seq_len: in
 def entropy_query_scale(position_ids: torch.Tensor, log_scale_length: int) -> torch.Tensor:
     """Per-position query scale max(1, ln(m+1) / ln L), in float32."""
     return (torch.log1p(position_ids.to(torch.float32)) / math.log(log_scale_length)).clamp(min=1.0)
+
+
+def unchanged_inv_freq(dim: int, base: float, p: ScaleParams, seq_len: int | None = None):
+    """LM-Infinite and SelfExtend keep the base's frequencies: they change which relative position a
+    (query, key) pair is rotated at, in attention (extend/rope/remapped.py)."""
+    return _f32(default_inv_freq(dim, base), 1.0)
+

@@ -20,8 +20,10 @@ from extend.rope.methods import (
     AbfParams,
     EntropyAbfParams,
     Llama3Params,
+    LmInfiniteParams,
     LongRopeParams,
     PowerParams,
+    SelfExtendParams,
     ScaleParams,
     TruncatedParams,
     YarnParams,
@@ -60,6 +62,10 @@ class PositionMethod:
     # needs extend's attention functions and cannot be confined to one attention type.
     scales_queries: bool = False
     notes: NotesFn = _no_notes
+    # A training-free inference method whose relative positions are remapped per (query, key) pair in
+    # attention (extend/rope/remapped.py): it needs extend's attention function, is evaluated, never trained,
+    # and cannot be confined to one attention type.
+    inference_only: bool = False
 
     def reads(self, key: str) -> bool:
         """Whether `rope.<key>` is one of this method's parameters."""
@@ -171,6 +177,63 @@ def entropy_abf_notes(p: EntropyAbfParams, extended_length: int) -> list[str]:
     ]
 
 
+def _length_known(p: Any) -> bool:
+    return p.original_max_position_embeddings is not None
+
+
+def check_lm_infinite(p: LmInfiniteParams, geometry: ModelGeometry | None) -> list[str]:
+    problems = []
+    if p.global_tokens < 0:
+        problems.append(f"rope.global_tokens={p.global_tokens} must be >= 0: the number of first tokens every query "
+                        "sees (the paper's n_global, e.g. 10; 0 = a plain sliding window)")
+    length = p.original_max_position_embeddings
+    for name, meaning in (("local_window", "the last tokens each query sees (L_local)"),
+                          ("distance_limit", "the distance keys beyond the window are seen at (d)")):
+        value = getattr(p, name)
+        if value is not None and value < 1:
+            problems.append(f"rope.{name}={value} must be > 0: {meaning}; remove it to use the original length")
+        elif value is not None and _length_known(p) and value > length:
+            problems.append(f"rope.{name}={value} exceeds the original length {length}: the base never saw such "
+                            f"distances; set at most {length} or remove it to use the original length")
+    return problems
+
+
+def check_self_extend(p: SelfExtendParams, geometry: ModelGeometry | None) -> list[str]:
+    problems = []
+    if p.group_size is not None and p.group_size < 1:
+        problems.append(f"rope.group_size={p.group_size} must be >= 1: the G of floor(n / G) (1 = plain RoPE beyond "
+                        "the window); remove it to derive G from rope.factor")
+    if p.neighbor_window is not None and p.neighbor_window < 1:
+        problems.append(f"rope.neighbor_window={p.neighbor_window} must be > 0: the neighbours kept at exact positions "
+                        "(the paper's w); remove it to use the original length / 4")
+    elif _length_known(p) and p.effective_neighbor_window >= p.original_max_position_embeddings:
+        problems.append(f"rope.neighbor_window={p.effective_neighbor_window} must be below the original length "
+                        f"{p.original_max_position_embeddings}: grouped positions start after it; lower it")
+    elif not problems and _length_known(p) and p.reach < p.extended_length:
+        problems.append(f"rope.group_size={p.effective_group_size} with rope.neighbor_window={p.effective_neighbor_window} "
+                        f"reaches (L - w) * G + w = {p.reach} tokens, fewer than the extended length {p.extended_length}: "
+                        "raise rope.group_size or remove it to derive it from rope.factor")
+    return problems
+
+
+def lm_infinite_notes(p: LmInfiniteParams, extended_length: int) -> list[str]:
+    return [
+        f"  each query sees the first {p.global_tokens} and the last {p.effective_local_window} tokens; keys beyond "
+        f"the window at distance {p.effective_distance_limit}",
+        "  loads only with `import extend` (extend.models.load_pretrained): the positions live in attention; "
+        "a stock loader fails at model construction (unknown rope type)",
+    ]
+
+
+def self_extend_notes(p: SelfExtendParams, extended_length: int) -> list[str]:
+    return [
+        f"  neighbours within {p.effective_neighbor_window} tokens at exact positions, the rest grouped by "
+        f"{p.effective_group_size}; reach (L - w) * G + w = {p.reach} tokens",
+        "  loads only with `import extend` (extend.models.load_pretrained): the positions live in attention; "
+        "a stock loader fails at model construction (unknown rope type)",
+    ]
+
+
 METHODS: dict[str, PositionMethod] = {
     m.name: m
     for m in (
@@ -196,6 +259,12 @@ METHODS: dict[str, PositionMethod] = {
         PositionMethod("entropy_abf", EntropyAbfParams, methods.entropy_abf_inv_freq, export.entropy_abf_export,
                        check_entropy_abf, "ABF + log-length query scaling", scales_queries=True,
                        notes=entropy_abf_notes),
+        PositionMethod("lm_infinite", LmInfiniteParams, methods.unchanged_inv_freq, export.lm_infinite_export,
+                       check_lm_infinite, "LM-Infinite: Λ-shaped attention + distance ceiling (training-free)",
+                       notes=lm_infinite_notes, inference_only=True),
+        PositionMethod("self_extend", SelfExtendParams, methods.unchanged_inv_freq, export.self_extend_export,
+                       check_self_extend, "SelfExtend: exact neighbours + grouped distant positions (training-free)",
+                       notes=self_extend_notes, inference_only=True),
     )
 }
 

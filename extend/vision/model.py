@@ -85,6 +85,9 @@ def resolve_text_rope(rope: RopeConfig, vision: VisionConfig,
                       "set only vision.target_length; the factor is derived from it"]
     if rope.type in METHODS and METHODS[rope.type].scales_queries:
         return None, [f"rope.type={rope.type}: {QUERY_SCALING_UNSUPPORTED}"]
+    if rope.type in METHODS and METHODS[rope.type].inference_only:
+        return None, [f"rope.type={rope.type} is a training-free inference method for text decoders; the vision "
+                      "program trains: use yarn, abf, linear, ..."]
     if target > old and rope.type == "none":
         return None, [f"vision.target_length={target} is above the original {old} but rope.type is none: pick a "
                       "method (rope.type=yarn, linear, ...) or set vision.target_length=null"]
