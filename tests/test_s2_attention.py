@@ -17,6 +17,7 @@ from extend.config import TrainConfig
 from extend.models import load_base_config, load_base_model
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, resolve_rope
+from extend.models import s2_attention
 from extend.models.s2_attention import s2_sdpa_attention
 from extend.models.training_attention import restore_attention, use_training_attention
 from extend.train import train
@@ -70,13 +71,21 @@ def s2(q, k, v, groups, position_ids=None):
     return s2_sdpa_attention(nn.Module(), q, k, v, None, position_ids, groups=groups, scaling=q.shape[-1] ** -0.5)[0]
 
 
+@pytest.fixture(params=["masked", "per segment"])
+def boundary_path(request, monkeypatch):
+    """Groups holding a boundary run as one masked call, or (at long lengths) one causal call per segment."""
+    if request.param == "per segment":
+        monkeypatch.setattr(s2_attention, "MASKED_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("groups", [2, 4, 6])
-def test_equals_the_written_out_reference(groups):
+def test_equals_the_written_out_reference(groups, boundary_path):
     q, k, v = qkv()
     torch.testing.assert_close(s2(q, k, v, groups), reference(q, k, v, groups), rtol=1e-5, atol=1e-5)
 
 
-def test_equals_the_reference_on_packed_documents():
+def test_equals_the_reference_on_packed_documents(boundary_path):
     q, k, v = qkv(length=24)
     positions = torch.stack([torch.cat([torch.arange(5), torch.arange(11), torch.arange(8)]),  # boundaries in groups
                              torch.cat([torch.arange(3, 15), torch.arange(12)])])  # starts mid-document
@@ -102,7 +111,7 @@ def test_one_group_per_row_is_full_causal_attention():
     assert (s2(q, k, v, 2) - full).abs().max() > 1e-2  # and two groups are not
 
 
-def test_no_token_sees_a_later_one_not_even_across_the_row_end():
+def test_no_token_sees_a_later_one_not_even_across_the_row_end(boundary_path):
     """LongLoRA's roll puts the row's first G/2 tokens in one group with its last G/2 (their future); here the
     output at every position has zero gradient from every later key and value."""
     q, k, v = (t.requires_grad_() for t in qkv(rows=1, length=16))
@@ -119,7 +128,7 @@ def s2_model(fraction=0.25, seed=0):
     return model
 
 
-def test_no_tokens_loss_depends_on_another_documents_tokens():
+def test_no_tokens_loss_depends_on_another_documents_tokens(boundary_path):
     """As the plain packing test: a packed row of three documents (boundaries inside groups); the loss of each
     document's tokens has zero gradient with respect to every other document's input embeddings, and the
     check fails when the positions do not restart (one document)."""

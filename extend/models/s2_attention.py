@@ -8,7 +8,9 @@ point: the model is trained for, and evaluated with, full attention).
 
 Two choices beyond the paper's formula:
 - Packed documents never see each other: inside a group, a token attends only to earlier tokens of its own
-  document (`row_documents`), exactly as the plain packed attention does.
+  document (`row_documents`), exactly as the plain packed attention does. Groups inside one document run as
+  one batched causal SDPA call; groups holding a boundary as one masked call while the weights are small, else
+  one causal call per piece (as extend/models/packed_attention.py), so no mask grows with the group size.
 - The shifted half does not wrap around the row. Rolling the row by G / 2 (the authors' non-FlashAttention
   path) puts the row's last G / 2 tokens and its first G / 2 in one group, where the first tokens would
   attend to the row's end, i.e. to their future. Here the two halves of that group are kept apart as if they
@@ -30,6 +32,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+from extend.models.packed_attention import MASKED_BYTES
 
 S2_SDPA = "extend_s2_sdpa"
 
@@ -60,20 +64,27 @@ def grouped_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torc
 
     q, k, v = grouped(query), grouped(key), grouped(value)
     seg = segments.reshape(rows * n, size)
-    # Groups of one segment take SDPA's fused causal path; only those holding a boundary get a mask.
+    sdpa = partial(nn.functional.scaled_dot_product_attention, dropout_p=dropout, scale=scaling)
+    # Groups of one segment: one batched call on SDPA's fused causal path.
     mixed = (seg != seg[:, :1]).any(dim=-1)
     out = torch.empty_like(q)
     plain = (~mixed).nonzero().flatten()
     if plain.numel():
-        out[plain] = nn.functional.scaled_dot_product_attention(q[plain], k[plain], v[plain], dropout_p=dropout,
-                                                                scale=scaling, is_causal=True)
+        out[plain] = sdpa(q[plain], k[plain], v[plain], is_causal=True)
+    # Groups holding a boundary: one masked call while the weights are small (as packed_attention), else one
+    # causal call per segment, so that nothing quadratic in the group size is built.
     cut = mixed.nonzero().flatten()
-    if cut.numel():
+    if not cut.numel():
+        pass
+    elif cut.numel() * heads * size * size * 4 <= MASKED_BYTES:
         s = seg[cut]
         causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
-        mask = ((s[:, :, None] == s[:, None, :]) & causal)[:, None]
-        out[cut] = nn.functional.scaled_dot_product_attention(q[cut], k[cut], v[cut], attn_mask=mask, dropout_p=dropout,
-                                                              scale=scaling)
+        out[cut] = sdpa(q[cut], k[cut], v[cut], attn_mask=((s[:, :, None] == s[:, None, :]) & causal)[:, None])
+    else:
+        for g in cut.tolist():
+            starts = [0, *((seg[g, 1:] != seg[g, :-1]).nonzero().flatten() + 1).tolist(), size]
+            for a, b in zip(starts, starts[1:]):
+                out[g, :, a:b] = sdpa(q[g : g + 1, :, a:b], k[g : g + 1, :, a:b], v[g : g + 1, :, a:b], is_causal=True)[0]
     return out.reshape(rows, n, heads, size, dim).transpose(1, 2).reshape(rows, heads, length, dim)
 
 
