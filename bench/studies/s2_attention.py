@@ -1,13 +1,15 @@
 """S²-Attn against full attention on the tiny base: training speed and memory at 1k-4k, then quality at 8x.
 
     nice -n 10 env OMP_NUM_THREADS=1 python -m bench.studies.s2_attention [--lengths 1024 2048 4096]
-        [--steps 4] [--no-quality] [--quality-steps 40 160] [--items-per-cell 10] [--out results/s2_attention]
+        [--steps 4] [--longest-document 1024] [--no-quality] [--quality-steps 40 160] [--items-per-cell 10] [--out results/s2_attention]
 
 1. Speed and memory: for each row length and `train.attention` (full, s2 at the default group fraction 1/4),
    a fresh process loads the tiny base (extend/models/tiny_base.py) with the tiny recipe's YaRN scaled to
    the row length, and runs full fine-tuning steps of 4,096 tokens each (4 rows of 1k, 2 of 2k, 1 of 4k: the
    tiny recipe's tokens per step) through the training loop's module (chunked loss), fwd + bwd + AdamW.
-   Every row packs the same seeded documents (64 to 1,024 tokens, position ids restarting per document).
+   Every row packs the same seeded documents (64 to --longest-document tokens, position ids restarting per
+   document; 0: one document per row). Per-document attention already keeps full attention's cost to the
+   documents' lengths, so S²-Attn can only save where documents are longer than its groups.
    Reported: tokens/s over the steps after the first, and the peak resident memory of the steps above the
    resident memory before them (Linux VmHWM, reset through /proc/self/clear_refs after loading; no profiler).
 2. Quality: `extend/train.py recipe=tiny` once per attention (extend 128 -> 1,024, 8x), with the tiny
@@ -44,8 +46,9 @@ def compose(*overrides: str):
         return OmegaConf.to_object(hydra_compose("config", overrides=["recipe=tiny", *overrides]))
 
 
-def packed_rows(rows: int, length: int, vocab: int, seed: int = 0):
-    """Seeded packed rows: random token ids in documents of 64-1,024 tokens, positions restarting per document."""
+def packed_rows(rows: int, length: int, vocab: int, longest: int, seed: int = 0):
+    """Seeded rows of random token ids in documents of 64 to `longest` tokens, positions restarting per document
+    (longest = 0: one document per row)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -54,7 +57,7 @@ def packed_rows(rows: int, length: int, vocab: int, seed: int = 0):
     for _ in range(rows):
         pieces, left = [], length
         while left:
-            n = min(left, int(torch.randint(64, 1025, (1,), generator=g)))
+            n = left if longest == 0 else min(left, int(torch.randint(64, longest + 1, (1,), generator=g)))
             pieces.append(torch.arange(n))
             left -= n
         positions.append(torch.cat(pieces))
@@ -76,7 +79,7 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(attention: str, length: int, steps: int) -> dict:
+def measure(attention: str, length: int, steps: int, longest: int) -> dict:
     """One speed/memory cell, in this process (main runs each cell in a fresh one)."""
     import torch
 
@@ -94,7 +97,7 @@ def measure(attention: str, length: int, steps: int) -> dict:
     kernel = model.config._attn_implementation
     module = ChunkedCausalLM(model, cfg.train.loss_chunk_size).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    ids, positions = packed_rows(TOKENS_PER_STEP // length, length, model.config.vocab_size)
+    ids, positions = packed_rows(TOKENS_PER_STEP // length, length, model.config.vocab_size, longest)
     reset_peak_rss()
     before, times = rss_kb(), []
     cpu = []
@@ -108,17 +111,19 @@ def measure(attention: str, length: int, steps: int) -> dict:
         cpu.append(time.process_time() - start_cpu)
     timed = times[1:]
     return {"attention": attention, "kernel": kernel, "length": length, "rows_per_step": ids.shape[0],
+            "documents_per_row": round(float((positions == 0).sum()) / ids.shape[0], 2),
             "steps_timed": len(timed), "tokens_per_s": round(TOKENS_PER_STEP * len(timed) / sum(timed), 1),
             "tokens_per_cpu_s": round(TOKENS_PER_STEP * len(timed) / sum(cpu[1:]), 1),
             "step_seconds": [round(t, 3) for t in times], "peak_step_memory_mb": round((status_kb("VmHWM") - before) / 1024, 1)}
 
 
-def speed(lengths: list[int], steps: int) -> list[dict]:
+def speed(lengths: list[int], steps: int, longest: int) -> list[dict]:
     cells = []
     for length in lengths:
         for attention in ATTENTION:
             out = subprocess.run([sys.executable, "-m", "bench.studies.s2_attention", "--cell", attention, str(length),
-                                  "--steps", str(steps)], cwd=REPO, capture_output=True, text=True)
+                                  "--steps", str(steps), "--longest-document", str(longest)], cwd=REPO,
+                                 capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"{attention} at {length} failed:\n{out.stderr[-3000:]}")
             cells.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -165,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per cell (after one untimed)")
+    parser.add_argument("--longest-document", type=int, default=1024,
+                        help="speed rows pack documents of 64 to this many tokens; 0: one document per row")
     parser.add_argument("--no-quality", action="store_true", help="speed and memory only")
     parser.add_argument("--quality-steps", type=int, nargs=2, default=[40, 160], metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--items-per-cell", type=int, default=10, help="passkey items per length x depth (recipe: 10)")
@@ -172,10 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cell", nargs=2, metavar=("ATTENTION", "LENGTH"), help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.cell:
-        print(json.dumps(measure(opts.cell[0], int(opts.cell[1]), opts.steps)))
+        print(json.dumps(measure(opts.cell[0], int(opts.cell[1]), opts.steps, opts.longest_document)))
         return {}
     start = time.perf_counter()
-    report: dict = {"speed": speed(opts.lengths, opts.steps)}
+    report: dict = {"speed": speed(opts.lengths, opts.steps, opts.longest_document), "longest_document": opts.longest_document}
     print(speed_table(report["speed"]), flush=True)
     if not opts.no_quality:
         with tempfile.TemporaryDirectory(prefix="extend-s2-") as tmp:
