@@ -158,7 +158,8 @@ def _attention_length_problems(cfg: DecoderConfig) -> list[str]:
 
     option = TRAINING_ATTENTION.get(cfg.train.attention)
     problems = [option and option.length_problem(cfg.train, s.length) for s in cfg.curriculum.stages]
-    return [f"curriculum.stages[{i}].length={s.length} {p}" for i, (s, p) in enumerate(zip(cfg.curriculum.stages, problems)) if p]
+    return [f"curriculum.stages[{i}].length={s.length} {p}"
+            for i, (s, p) in enumerate(zip(cfg.curriculum.stages, problems)) if p]
 
 
 def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None) -> list[str]:

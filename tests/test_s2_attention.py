@@ -183,7 +183,8 @@ def test_s2_trained_export_reloads_in_stock_transformers_with_plain_attention(ma
     ids = torch.randint(0, 4000, (1, 128), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = PeftModel.from_pretrained(base_model(cfg), final / "adapter")(ids, use_cache=False).logits
-    assert stock_reload_max_diff(final, ids, expected, tmp_path, check="m.config._attn_implementation == 'sdpa'") <= 1e-5
+    plain = "m.config._attn_implementation == 'sdpa'"
+    assert stock_reload_max_diff(final, ids, expected, tmp_path, check=plain) <= 1e-5
 
 
 def base_model(cfg):

@@ -84,7 +84,8 @@ def grouped_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torc
         for g in cut.tolist():
             starts = [0, *((seg[g, 1:] != seg[g, :-1]).nonzero().flatten() + 1).tolist(), size]
             for a, b in zip(starts, starts[1:]):
-                out[g, :, a:b] = sdpa(q[g : g + 1, :, a:b], k[g : g + 1, :, a:b], v[g : g + 1, :, a:b], is_causal=True)[0]
+                piece = (slice(g, g + 1), slice(None), slice(a, b))
+                out[g, :, a:b] = sdpa(q[piece], k[piece], v[piece], is_causal=True)[0]
     return out.reshape(rows, n, heads, size, dim).transpose(1, 2).reshape(rows, heads, length, dim)
 
 
