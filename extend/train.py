@@ -43,7 +43,7 @@ from extend.data.curriculum import plan_stages
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
 from extend.models import load_base_config, load_base_model, save_extended, set_rope_theta
-from extend.models.packed_attention import restore_attention, use_packed_attention
+from extend.models.training_attention import restore_attention, use_training_attention
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, resolve_rope
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
@@ -189,8 +189,7 @@ def setup_model(cfg: DecoderConfig, accelerator: Accelerator, model_config: PreT
     """The base's weights under the position method, with the adapter attached."""
     adapter = build_adapter(cfg.adapter)
     model = load_base_model(cfg.model, model_config, seed=cfg.seed, quantize=cfg.adapter.quantize)
-    if cfg.train.packed_attention:
-        use_packed_attention(model)
+    use_training_attention(model, cfg.train)
     model = adapter.attach(model)
     if cfg.train.gradient_checkpointing:
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

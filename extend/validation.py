@@ -138,7 +138,28 @@ def train_value_problems(t: TrainConfig) -> list[str]:
         problems.append(f"train.min_lr_ratio={t.min_lr_ratio} must lie in [0, 1]")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         problems.append(f"train.adam_betas={t.adam_betas} must be two numbers in [0, 1)")
-    return problems + tracker_problems(t.tracker)
+    return problems + tracker_problems(t.tracker) + _attention_value_problems(t)
+
+
+def _attention_value_problems(t: TrainConfig) -> list[str]:
+    from extend.models.training_attention import TRAINING_ATTENTION, groups_per_row
+
+    if t.attention not in TRAINING_ATTENTION:
+        return [f"train.attention={t.attention!r} is unknown; choose one of {', '.join(TRAINING_ATTENTION)}"]
+    if not groups_per_row(t.s2_group_fraction):
+        return [f"train.s2_group_fraction={t.s2_group_fraction} must be 1/n for a whole number n of groups per row "
+                "(LongLoRA: 0.25; also 0.5, 0.125, 1.0)"]
+    return []
+
+
+def _attention_length_problems(cfg: DecoderConfig) -> list[str]:
+    """Stage lengths the training attention cannot cut (S²-Attn: into whole groups)."""
+    from extend.models.training_attention import TRAINING_ATTENTION
+
+    option = TRAINING_ATTENTION.get(cfg.train.attention)
+    problems = [option and option.length_problem(cfg.train, s.length) for s in cfg.curriculum.stages]
+    return [f"curriculum.stages[{i}].length={s.length} {p}"
+            for i, (s, p) in enumerate(zip(cfg.curriculum.stages, problems)) if p]
 
 
 def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None) -> list[str]:
@@ -150,7 +171,7 @@ def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None)
     problems = train_value_problems(cfg.train) + check_stage_weights(cfg.curriculum, cfg.data.sources)
     if _curriculum_problems(cfg):
         return problems  # reported by check_curriculum; the lengths below would be meaningless
-    problems += _stage_problems(cfg, world_size)
+    problems += _stage_problems(cfg, world_size) + _attention_length_problems(cfg)
     for i, stage in enumerate(cfg.curriculum.stages):
         if addressable is not None and stage.length > addressable:
             problems.append(f"curriculum.stages[{i}].length={stage.length} is longer than the {addressable} positions "
@@ -248,6 +269,7 @@ def _adapter_and_model_problems(cfg: DecoderConfig, world: int, launching: bool)
 
     from extend.adapters import build_adapter
     from extend.models import attention_for, load_base_config
+    from extend.models.training_attention import TRAINING_ATTENTION
     from extend.rope import apply_rope, config_served_lengths, resolve_rope
     from extend.training.distributed import check_accelerate
 
@@ -273,6 +295,10 @@ def _adapter_and_model_problems(cfg: DecoderConfig, world: int, launching: bool)
         if too_long:
             problems.append(f"eval.lengths {too_long} exceed the {addressable} positions the export will address; "
                             "drop them or set eval.extrapolate=true")
+    option = TRAINING_ATTENTION.get(cfg.train.attention)
+    kernel_problem = option and option.kernel_problem(attention_for(model_config, cfg.model.attn_implementation))
+    if kernel_problem:
+        problems.append(f"train.attention={cfg.train.attention} {kernel_problem}")
     heads = getattr(model_config, "num_attention_heads", None)
     problems += check_accelerate(cfg, heads, world, launched=launching or None)
     if adapter is not None:

@@ -120,8 +120,10 @@ def _longlora(adapter: str) -> list[Row]:
         Row("data.sources.redpajama.path", "togethercomputer/RedPajama-Data-1T-Sample", "LongLoRA fine-tune.py"),
         Row("data.sources.redpajama.upsample", {8192: 1.0}, "LongLoRA fine-tune.py: no upsampling"),
         Row("data.add_bos", False, "LongLoRA fine-tune.py tokenize_fn: documents joined by EOS"),
-        Row("model.attn_implementation", "flash_attention_2", "LongLoRA README: --use_flash_attn True",
-            "S2-Attn is not available in extend yet: full attention"),
+        Row("model.attn_implementation", "flash_attention_2", "LongLoRA README: --use_flash_attn True"),
+        Row("train.attention", "s2", "LongLoRA paper section 3.2; fine-tune.py --use_full_attn defaults to False "
+            "(the full fine-tune too)", "S2-Attn runs on SDPA here, on FlashAttention-2's varlen kernel there"),
+        Row("train.s2_group_fraction", 0.25, "LongLoRA llama_attn_replace.py: group_size_ratio = 1/4"),
     ]
 
 

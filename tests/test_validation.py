@@ -66,6 +66,10 @@ CASES = [
     ("train", [*TINY, "data.packing=zip"], ("data.packing='zip'", "pretrain")),
     ("train", [*TINY, "data.num_shards=2", "data.shard_index=5"], ("data.shard_index=5", "0..1")),
     ("train", [*TINY, "seed=-1"], ("seed=-1", ">= 0")),
+    ("train", [*TINY, "train.attention=s3"], ("train.attention='s3'", "s2")),
+    # S²-Attn at 1/1024 of the row: the 512-token stage does not split into 1,024 groups (the 1,024 one does).
+    ("train", [*TINY, "train.attention=s2", "train.s2_group_fraction=0.0009765625"],
+     ("curriculum.stages[0].length=512", "multiple of 1024")),
     ("train", ["recipe=no_such_recipe"], ("recipe=no_such_recipe", "tiny")),
     ("train", MINILM, ("recipe=minilm_2k", "extend encode recipe=minilm_2k")),
     ("encode", [*MINILM, "encoder.target_length=1000"], ("encoder.target_length", "multiple")),

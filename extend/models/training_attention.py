@@ -1,0 +1,90 @@
+"""`train.attention`: which attention the training loop runs, one entry per option.
+
+Each entry maps the train config to the name of an attention function registered in transformers'
+AttentionInterface (None: leave the model's own kernel). Exports and evaluation always run full attention:
+`restore_attention` puts plain SDPA back before anything is saved.
+
+    full  today's attention: per-document SDPA on packed rows (train.packed_attention), or the model's kernel
+    s2    LongLoRA's shifted sparse attention, groups of train.s2_group_fraction x the row length
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from transformers import PreTrainedModel
+
+from extend.config import TrainConfig
+from extend.models.packed_attention import PACKED_SDPA
+from extend.models.s2_attention import S2_SDPA, register_s2
+
+# Kernels S²-Attn may stand in for: they compute plain softmax attention, as S²-Attn's SDPA does. Others
+# (entropy-aware ABF's query-scaling kernels) change what attention computes and would be silently dropped.
+PLAIN_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
+@dataclass(frozen=True)
+class TrainingAttention:
+    # The AttentionInterface name to train with, registered on first use (None: the model's own kernel).
+    kernel: Callable[[TrainConfig], str | None]
+    # The model kernels it replaces; `strict`: any other is an error rather than left running.
+    replaces: tuple[str, ...]
+    strict: bool
+    # What is wrong with training rows of this length, or None.
+    length_problem: Callable[[TrainConfig, int], str | None] = lambda train, length: None
+
+    def kernel_problem(self, kernel: str) -> str | None:
+        """Why this option cannot train a model that runs `kernel`, or None."""
+        if self.strict and kernel not in self.replaces:
+            return (f"computes plain softmax attention and cannot stand in for the model's {kernel!r} kernel; "
+                    "use train.attention=full")
+        return None
+
+
+def _s2(train: TrainConfig) -> str:
+    return register_s2(groups_per_row(train.s2_group_fraction))
+
+
+def _s2_length(train: TrainConfig, length: int) -> str | None:
+    n = groups_per_row(train.s2_group_fraction)
+    if n and length % n:
+        return (f"is not a multiple of {n} (S²-Attn's groups per row, 1 / train.s2_group_fraction): choose a length "
+                f"divisible by {n} or another train.s2_group_fraction")
+    return None
+
+
+TRAINING_ATTENTION: dict[str, TrainingAttention] = {
+    # Eager, FlashAttention and entropy-aware ABF's kernels keep running as they are.
+    "full": TrainingAttention(lambda t: PACKED_SDPA if t.packed_attention else None, ("sdpa",), strict=False),
+    "s2": TrainingAttention(_s2, PLAIN_KERNELS, strict=True, length_problem=_s2_length),
+}
+
+
+def groups_per_row(fraction: float) -> int:
+    """1 / train.s2_group_fraction, the whole number of groups a row is cut into (0 when it is not whole)."""
+    groups = round(1 / fraction) if fraction > 0 else 0
+    return groups if groups >= 1 and abs(groups * fraction - 1) < 1e-9 else 0
+
+
+def use_training_attention(model: PreTrainedModel, train: TrainConfig) -> bool:
+    """Switch `model` to the training attention `train.attention` names; True if it switched."""
+    option, kernel = TRAINING_ATTENTION[train.attention], model.config._attn_implementation
+    problem = option.kernel_problem(kernel)
+    if problem:
+        raise ValueError(f"train.attention={train.attention} {problem}")
+    if kernel not in option.replaces:
+        return False
+    name = option.kernel(train)
+    if name is None:
+        return False
+    model.set_attn_implementation(name)
+    return True
+
+
+def restore_attention(model: PreTrainedModel) -> None:
+    """Back to plain SDPA (before saving or evaluating a model trained with a training attention). config.json
+    records no kernel: whoever loads the export chooses its own."""
+    name = model.config._attn_implementation
+    if name == PACKED_SDPA or name.startswith(f"{S2_SDPA}_"):
+        model.set_attn_implementation("sdpa")
