@@ -92,6 +92,19 @@ def test_equals_the_reference_on_packed_documents(boundary_path):
     torch.testing.assert_close(s2(q, k, v, 4, positions), reference(q, k, v, 4, positions), rtol=1e-5, atol=1e-5)
 
 
+def test_explicit_document_ids_keep_documents_apart_under_skipped_positions(boundary_path):
+    """The loop's explicit document ids, not the position ids, decide the boundaries: here no position id is 0
+    and ids skip inside documents, so the position-0 rule would see one document per row."""
+    q, k, v = qkv(length=24)
+    plain = torch.stack([torch.cat([torch.arange(5), torch.arange(11), torch.arange(8)]),
+                         torch.cat([torch.arange(3, 15), torch.arange(12)])])
+    documents = (plain == 0).cumsum(dim=-1)
+    skipped = plain + 100 + (plain >= 3) * 40  # no id is 0; every document's second chunk skips 40
+    got = s2_sdpa_attention(nn.Module(), q, k, v, None, skipped, documents, groups=4, scaling=q.shape[-1] ** -0.5)[0]
+    torch.testing.assert_close(got, reference(q, k, v, 4, plain), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(s2(q, k, v, 4, skipped), got, atol=1e-3)  # without them: documents would mix
+
+
 def test_the_reference_can_fail():
     """Leaving the heads unshifted, or wrapping the shifted groups around the row end (LongLoRA's roll), is
     told apart: the shifted heads differ, and the wrap differs exactly at the row's first G/2 tokens."""

@@ -83,6 +83,9 @@ def packed_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     return torch.cat(rows, dim=0), None
 
 
+# Training attention functions that take the loop's `document_ids` themselves (S²-Attn adds its own).
+READS_DOCUMENT_IDS: set[str] = {PACKED_SDPA}
+
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 AttentionMaskInterface.register(PACKED_SDPA, flash_attention_mask)
 
@@ -116,7 +119,7 @@ def attention_inputs(model: PreTrainedModel, position_ids: torch.Tensor, documen
     own mask function when position ids skip inside a document (else nothing: transformers' inference from
     position ids is exact)."""
     implementation = model.config._attn_implementation
-    if implementation == PACKED_SDPA:
+    if implementation in READS_DOCUMENT_IDS:
         return {"document_ids": document_ids}
     if not skips_inside_documents(position_ids, document_ids):
         return {}

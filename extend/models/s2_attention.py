@@ -33,14 +33,14 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
-from extend.models.packed_attention import MASKED_BYTES
+from extend.models.packed_attention import MASKED_BYTES, READS_DOCUMENT_IDS
 
 S2_SDPA = "extend_s2_sdpa"
 
 
 def row_documents(position_ids: torch.Tensor) -> torch.Tensor:
     """(rows, T) document index of every token: a document starts where its position id is 0 (the packed
-    rows' convention; the one place S²-Attn reads document boundaries)."""
+    rows. convention, used when the training loop passes no explicit `document_ids`)."""
     return (position_ids == 0).cumsum(dim=-1)
 
 
@@ -90,7 +90,8 @@ def grouped_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torc
 
 
 def s2_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None, *, groups: int,
+                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
+                      document_ids: torch.Tensor | None = None, *, groups: int,
                       dropout: float = 0.0, scaling: float | None = None, **kwargs):
     """S²-Attn over rows of packed documents. query: (rows, heads, T, head_dim), key/value: (rows, kv_heads, T,
     head_dim); returns (rows, T, heads, head_dim) and no weights, like transformers' attention functions."""
@@ -102,8 +103,12 @@ def s2_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     rows, heads, length, _ = query.shape
     size = group_size(length, groups)
     key, value = repeat_kv(key, heads // key.shape[1]), repeat_kv(value, heads // value.shape[1])
-    documents = (torch.zeros(rows, length, dtype=torch.long, device=query.device) if position_ids is None
-                 else row_documents(position_ids).expand(rows, length))
+    if document_ids is not None:  # the training loop's explicit boundaries (exact under PoSE's skipped ids)
+        documents = document_ids.expand(rows, length)
+    elif position_ids is not None:
+        documents = row_documents(position_ids).expand(rows, length)
+    else:
+        documents = torch.zeros(rows, length, dtype=torch.long, device=query.device)
     # One group per row (fraction 1) is full causal attention: every token already sees the whole row.
     half, shift = heads // 2, (size // 2 if groups > 1 else 0)
     plain = grouped_causal_attention(query[:, :half], key[:, :half], value[:, :half], documents, size, scaling, dropout)
@@ -126,4 +131,5 @@ def register_s2(groups: int) -> str:
     name = f"{S2_SDPA}_{groups}"
     AttentionInterface.register(name, partial(s2_sdpa_attention, groups=groups))
     AttentionMaskInterface.register(name, flash_attention_mask)  # no mask is built: rows carry no padding
+    READS_DOCUMENT_IDS.add(name)
     return name
