@@ -19,7 +19,8 @@ standard-library corpus at --length tokens, one row per optimizer step, batch 1,
   keeps the documents apart (a block-diagonal mask built from the position ids, since TRL passes
   use_cache=False). Its tokens per step are counted from the batches it actually trains on.
 
-Prints one JSON line: tokens/s over the steps after the first (the first includes one-off work), and the
+Prints one JSON line: tokens/s over the steps after the first (the first includes one-off work), the same
+per CPU-second of the process (steady when other processes share the cores), and the
 peak memory the training steps added on top of the loaded model: on CPU the peak resident size (ru_maxrss
 after minus the resident size before the first step; torch keeps no CPU allocator statistics), on CUDA
 torch.cuda.max_memory_allocated over the steps minus the allocation before them.
@@ -44,6 +45,7 @@ import psutil
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+CPU_TIMES: list[float] = []  # the CPU seconds (user + system, all threads) of each timed step
 
 
 def rss_gb() -> float:
@@ -120,13 +122,15 @@ def measure_ours(cfg, device: str) -> tuple[list[float], float, float]:
     run = setup(cfg)
     rows = StageRows(run.stages[0])
     before = memory_now_gb(device)
-    times = []
+    times, cpu = [], []
     for step in range(run.stages[0].steps):
         batch = rows.step_rows(step)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         train_step(run, batch)
         synchronize(device)
         times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+    CPU_TIMES[:] = cpu
     return times, before, memory_peak_gb(device)
 
 
@@ -154,11 +158,12 @@ def measure_baseline(cfg, out: Path, device: str, checkpointing: bool) -> tuple[
         def on_step_begin(self, args, state, control, **kwargs):
             if self.before is None:
                 self.before = memory_now_gb(device)
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             synchronize(device)
             self.times.append(time.perf_counter() - self.started)
+            CPU_TIMES.append(time.process_time() - self.cpu_started)
 
     timer = StepTimes()
     args = TrainingArguments(
@@ -213,11 +218,12 @@ def measure_trl(cfg, out: Path, device: str, checkpointing: bool) -> tuple[list[
         def on_step_begin(self, args, state, control, **kwargs):
             if self.before is None:
                 self.before = memory_now_gb(device)
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             synchronize(device)
             self.times.append(time.perf_counter() - self.started)
+            CPU_TIMES.append(time.process_time() - self.cpu_started)
 
     timer = StepTimes()
     args = SFTConfig(
@@ -282,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
         "system": opts.system, "length": opts.length, "steps": len(times),
         "tokens_per_s": round(sum(timed_tokens) / sum(timed), 1),
         "step_seconds": [round(t, 3) for t in times],
+        # Tokens per CPU-second of the process: what the wall-clock figure would be on an otherwise idle
+        # machine (one thread), and much steadier when other processes compete for the cores.
+        "tokens_per_cpu_s": round(sum(timed_tokens) / sum(CPU_TIMES[1:] if len(CPU_TIMES) > 1 else CPU_TIMES), 1),
         "peak_step_memory_gb": round(max(peak - before, 0.0), 3),
         "parameters": parameter_count(model),
     }

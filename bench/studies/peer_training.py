@@ -4,8 +4,9 @@
 
 Every run is a fresh process of bench/lib/training_harness.py (the same ~20M-parameter Llama with a 32k
 vocabulary, the same LoRA r=8 on q/k/v/o, the same rows of the standard-library corpus, batch 1, AdamW,
-float32, one row per optimizer step; tokens/s over the steps after the first, memory = the resident memory
-the steps added on top of the loaded model). Per length, in this order:
+float32, one row per optimizer step; tokens/s over the steps after the first (the only one with --steps 1),
+the same per CPU-second of the process (steady when other work shares the cores), memory = the resident
+memory the steps added on top of the loaded model). Per length, in this order:
 
 - `ours`: extend's loop with gradient checkpointing (as every recipe runs at long length), train.loss=auto;
 - `ours, no checkpointing`;
@@ -91,12 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
             for label in opts.systems:
                 result = harness(SYSTEMS[label], Path(tmp), length, opts.steps)
                 table[length][label] = result
-                shown = result.get("failed") or f"{result['tokens_per_s']} tok/s, {result['peak_step_memory_gb']} GB"
+                shown = result.get("failed") or (f"{result['tokens_per_s']} tok/s, {result['tokens_per_cpu_s']} tok/CPU-s, "
+                                                 f"{result['peak_step_memory_gb']} GB")
                 print(f"{length:>6} {label}: {shown}", flush=True)
-    print("\n| tokens | system | tokens/s | step memory (GB) |\n|---|---|---|---|")
+    print("\n| tokens | system | tokens/s | tokens/CPU-s | step memory (GB) |\n|---|---|---|---|---|")
     for length, rows in table.items():
         for label, r in rows.items():
-            print(f"| {length:,} | {label} | {r.get('tokens_per_s', 'failed')} | {r.get('peak_step_memory_gb', '-')} |")
+            print(f"| {length:,} | {label} | {r.get('tokens_per_s', 'failed')} | {r.get('tokens_per_cpu_s', '-')} | "
+                  f"{r.get('peak_step_memory_gb', '-')} |")
     report = {"torch": torch.__version__, "python": platform.python_version(), "steps": opts.steps,
               "isolation_max_logit_difference": kept_apart, "table": table, "wall_s": round(time.time() - started)}
     if opts.out:
