@@ -1,7 +1,8 @@
 """The cross-entropy implementations of train.loss against each other: time and peak memory of the loss's
 forward and backward at realistic output layers.
 
-    python -m bench.studies.loss_kernels [--device cpu|cuda] [--cases 576x49152x2048 ...] [--repeats 2] [--out FILE]
+    python -m bench.studies.loss_kernels [--device cpu|cuda] [--dtype float32|bfloat16] [--cases 576x49152x2048 ...]
+        [--repeats 2] [--out FILE]
 
 A case is HIDDENxVOCABxTOKENS: TOKENS hidden states of width HIDDEN (random, requiring grad, as the last
 layer's output does) scored against an output layer of VOCAB rows (bias-free, as in Llama-style models),
@@ -9,7 +10,8 @@ targets uniform over the vocabulary. `+head` after a case also trains the output
 without it the head is frozen (LoRA on the attention, as in the benchmarks' training runs). Per case and
 implementation (extend.training.loss.LOSSES: chunked, plain and, where installed, cce and liger), one process
 of its own: one warm-up call (CCE's torch_compile compiles here), then --repeats timed calls of
-loss.backward(); reported: the median seconds and the peak memory above what was allocated before the
+loss.backward(); reported: the median seconds (on CPU, CPU seconds of the process: with one thread the
+wall time of an idle machine, and steady on a shared one) and the peak memory above what was allocated before the
 call (CPU: the peak resident size, reset through /proc/self/clear_refs after the warm-up; CUDA:
 torch.cuda.max_memory_allocated), and the largest relative difference of loss and gradients from plain.
 """
@@ -63,7 +65,7 @@ def peak(device: str) -> float:
     return _vm("VmHWM")
 
 
-def one(name: str, case: str, device: str, repeats: int) -> dict:
+def one(name: str, case: str, device: str, repeats: int, dtype: str = "float32") -> dict:
     """Measure one implementation on one case, in this process."""
     from torch import nn
 
@@ -71,8 +73,9 @@ def one(name: str, case: str, device: str, repeats: int) -> dict:
 
     hidden_size, vocab, tokens, train_head = parse(case)
     torch.manual_seed(0)
-    head = nn.Linear(hidden_size, vocab, bias=False, device=device).requires_grad_(train_head)
-    hidden = torch.randn(1, tokens + 1, hidden_size, device=device, requires_grad=True)
+    kind = getattr(torch, dtype)
+    head = nn.Linear(hidden_size, vocab, bias=False, device=device, dtype=kind).requires_grad_(train_head)
+    hidden = torch.randn(1, tokens + 1, hidden_size, device=device, dtype=kind, requires_grad=True)
     labels = torch.randint(0, vocab, (1, tokens + 1), device=device)
 
     def call() -> tuple[float, list[torch.Tensor]]:
@@ -82,17 +85,20 @@ def one(name: str, case: str, device: str, repeats: int) -> dict:
         loss.backward()
         return float(loss), [hidden.grad] + ([head.weight.grad] if train_head else [])
 
-    started = time.perf_counter()
+    # CPU: seconds of CPU time of this process (one thread: the wall time of an idle machine, and steady when
+    # other work shares the cores); CUDA: wall time.
+    clock = time.perf_counter if device == "cuda" else time.process_time
+    started = clock()
     call()  # warm-up (and CCE's compilation)
-    warmup = time.perf_counter() - started
+    warmup = clock() - started
     times, peaks = [], []
     for _ in range(repeats):
         before = reset_peak(device)
-        started = time.perf_counter()
+        started = clock()
         value, grads = call()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
         peaks.append(peak(device) - before)
     out = Path(tempfile.gettempdir()) / f"extend-loss-{name}-{case}.pt"
     torch.save({"loss": value, "grads": [g.cpu() for g in grads]}, out)
@@ -106,11 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cases", nargs="+", default=CASES)
     parser.add_argument("--losses", nargs="+", default=None, help="default: every one that runs on the device")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="hidden states and head")
     parser.add_argument("--one", nargs=2, metavar=("LOSS", "CASE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
     opts = parser.parse_args(argv)
     if opts.one:
-        print(json.dumps(one(*opts.one, opts.device, opts.repeats)), flush=True)
+        print(json.dumps(one(*opts.one, opts.device, opts.repeats, opts.dtype)), flush=True)
         return {}
 
     from extend.training.loss import LOSSES, loss_problem
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         reference = None
         for name in (n for n in names if n not in skipped):
             cmd = [sys.executable, "-m", "bench.studies.loss_kernels", "--device", opts.device, "--repeats",
-                   str(opts.repeats), "--one", name, case]
+                   str(opts.repeats), "--dtype", opts.dtype, "--one", name, case]
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
             if proc.returncode:
                 lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         print(f"| {r['case']} | {r['loss']} | {r.get('seconds', 'failed')} | {r.get('peak_gb', '-')} | "
               f"{r.get('max_relative_difference', '-')} |")
-    report = {"device": opts.device, "torch": torch.__version__, "python": platform.python_version(),
+    report = {"device": opts.device, "dtype": opts.dtype, "torch": torch.__version__, "python": platform.python_version(),
               "repeats": opts.repeats, "skipped": skipped, "rows": rows, "wall_s": round(time.time() - started)}
     if opts.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name()

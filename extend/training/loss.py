@@ -130,8 +130,9 @@ def _liger_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module,
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     weight = lm_head.weight.to(hidden.dtype)
-    return liger_fused_linear_cross_entropy(input=hidden, weight=weight, target=targets, ignore_index=IGNORE_INDEX,
-                                            reduction="sum").float()
+    out = liger_fused_linear_cross_entropy(input=hidden, weight=weight, target=targets, ignore_index=IGNORE_INDEX,
+                                           reduction="sum")
+    return (out[0] if isinstance(out, tuple) else out).float()  # some versions return (loss, z_loss)
 
 
 @dataclass(frozen=True)
