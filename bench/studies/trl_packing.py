@@ -8,8 +8,9 @@ length, as in chat/SFT sets mixed with long texts). Compared, each timed from to
 
 - ours, sft: best-fit decreasing on the atomic documents (extend.data.packing._best_fit_decreasing, the
   core of `pack_sft`) plus `materialize` (rows of exactly --length tokens with labels, position ids and
-  sequence lengths); the draw never hands it a document longer than a row (those are cut into row-sized
-  pieces before packing), so the same cut is applied here;
+  sequence lengths); documents longer than a row are first cut into row-sized pieces, as pack_sft does
+  with plain text (an atomic document that long is skipped at the draw, data.md), which is what TRL's
+  bfd_split does;
 - ours, pretrain: `pack_pretrain` + `materialize` (concatenate and cut);
 - TRL bfd / bfd_split / wrapped: `trl.data_utils.pack_dataset` on a `datasets.Dataset` of input_ids (its
   default `map` batches of 1,000 documents, and once with the whole set as one batch).
