@@ -157,9 +157,9 @@ register_loss("plain", LossImpl(_plain_loss))
 register_loss("cce", LossImpl(_cce_loss, module="cut_cross_entropy", pip="cut-cross-entropy"))
 register_loss("liger", LossImpl(_liger_loss, module="liger_kernel", pip="liger-kernel", devices=("cuda",)))
 
-# What `auto` tries, first installed wins, per device type. On CPU the hand-written chunked loss is faster
-# than CCE's torch_compile and needs no compile step (results/loss_kernels/); on CUDA the fused kernels keep
-# the loss's memory at a chunk's or less and run in one pass.
+# What `auto` tries, first installed wins, per device type. On CPU the chunked loss: always installed, no
+# compiler or per-shape compile step (CCE's torch_compile needs both), half the plain loss's memory
+# (results/loss_kernels/); on CUDA the fused kernels, which never hold a chunk's logits.
 AUTO: dict[str, tuple[str, ...]] = {"cuda": ("cce", "liger", "chunked"), "cpu": ("chunked",)}
 AUTO_DEFAULT = ("chunked",)
 
