@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmark: ours against Trainer + peft LoRA on one GPU, then sequence parallelism on two GPUs when
-# there are two, as one script (about 5-8 minutes on one H200-class GPU, start-up included; the sequence-
-# parallel step adds about 5 more on two).
+# The GPU benchmark: ours against Trainer + peft LoRA and TRL's SFTTrainer on one GPU, the loss kernels of
+# train.loss against each other, then sequence parallelism on two GPUs when there are two, as one script
+# (about 8-12 minutes on one H200-class GPU, start-up included; the sequence-parallel step adds about 5 more
+# on two).
 #
 #   bash bench/gpu.sh [OUT_DIR]            # on the GPU machine, from the repository root
 #
@@ -10,9 +11,13 @@
 # when something is missing); they are installed into a temporary folder for this run only. Measures, for
 # a randomly initialised TinyLlama-1.1B-shaped Llama in bf16 with LoRA: training tokens/s, MFU (formula in
 # bench/studies/gpu_benchmark.py) and peak memory at 4k, 16k and 32k tokens, ours against Trainer + peft,
-# and that RoPE angles stay float32 under bf16; then, on 2+ GPUs with deepspeed, extend's training at 32k
-# tokens with accelerate.sequence_parallel_size 1 and 2 (see the step below). Writes OUT_DIR/gpu.json,
-# OUT_DIR/gpu.log and OUT_DIR/sp/ (default results/gpu).
+# and that RoPE angles stay float32 under bf16. Then, with the optional packages where they are installed
+# (or carried as wheels): the TRL peer (trl) in the same table, and the loss kernels (bench/studies/
+# loss_kernels.py, bf16: chunked, plain, Cut Cross-Entropy's CUDA kernel from cut-cross-entropy, Liger's fused
+# linear cross-entropy from liger-kernel) at TinyLlama's and Llama-3's output layers. A missing optional
+# package skips its step with a line saying which and how to add it. Then, on 2+ GPUs with deepspeed,
+# extend's training at 32k tokens with accelerate.sequence_parallel_size 1 and 2 (see the step below).
+# Writes OUT_DIR/gpu.json, OUT_DIR/loss_kernels.json, OUT_DIR/gpu.log and OUT_DIR/sp/ (default results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-results/gpu}"
@@ -41,10 +46,24 @@ if [ -n "$missing" ]; then
     exit 2
 fi
 
+optional=$("$python" - <<'PY'
+import importlib.util
+want = {"trl": "trl", "cut_cross_entropy": "cut-cross-entropy", "liger_kernel": "liger-kernel"}
+print(" ".join(pkg for mod, pkg in want.items() if importlib.util.find_spec(mod) is None))
+PY
+)
+
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    for pkg in $optional; do
+        echo "bench/gpu.sh: optional package $pkg is not installed: its step is skipped (carry it as a wheel in .whl/, as above)"
+    done
     "$python" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
     "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
+    "$python" -m bench.studies.loss_kernels --device cuda --dtype bfloat16 --repeats 3 \
+        --cases 2048x32000x4096 2048x32000x16384 2048x32000x32768 4096x128256x8192 4096x128256x8192+head \
+        --out "$out/loss_kernels.json"
+
 
     # Sequence parallelism (DeepSpeed Ulysses, accelerate.sequence_parallel_size): the same 1B-shaped LoRA
     # run at 32k tokens, 2 rows per step, on 2 GPUs under ZeRO-3 through launch.sh, with each row whole on one

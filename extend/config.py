@@ -159,6 +159,11 @@ class TrainConfig:
     s2_group_fraction: float = 0.25
     # Tokens per cross-entropy chunk; full-sequence logits are never built. 0 = one chunk (reference).
     loss_chunk_size: int = 1024
+    # The cross-entropy implementation (extend/training/loss.py LOSSES): chunked (ours, above), cce (Apple's
+    # Cut Cross-Entropy, `pip install cut-cross-entropy`), liger (Liger's fused linear cross-entropy, CUDA
+    # only, `pip install liger-kernel`), plain (full-sequence logits; the reference), or auto (the best one
+    # installed for the device; docs/training.md says which and why).
+    loss: str = "auto"
     log_every: int = 1
     # Checkpoint every N optimizer steps (0 = only the final export); keep the newest K.
     checkpoint_every: int = 50

@@ -51,7 +51,7 @@ from extend.training.checkpoint import (
     Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
 )
 from extend.training.distributed import StopRequest, build_accelerator, is_deepspeed
-from extend.training.loss import shifted_targets
+from extend.training.loss import resolve_loss, shifted_targets
 from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, gathered, without_zero3_init
 from extend.training.nodes import PeerWatch, check_shared_folder, several_nodes
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
@@ -146,7 +146,11 @@ def setup(cfg: DecoderConfig) -> Run:
     if tracker is not None:
         # TensorBoard writes into <output_dir>/logs; other trackers take the run name as their project.
         accelerator.init_trackers(LOGS if tracker == "tensorboard" else cfg.run_name, config=flat_config(cfg))
-    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size), optimizer, scheduler)
+    loss = resolve_loss(cfg.train.loss, accelerator.device.type)
+    if loss != cfg.train.loss:
+        accelerator.print(f"train.loss={cfg.train.loss}: {loss} on {accelerator.device.type}")
+    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size, loss),
+                                                        optimizer, scheduler)
     run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest,
               Path(cfg.output_dir))
     if checkpoint is not None:

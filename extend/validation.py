@@ -114,6 +114,9 @@ def writable_problems(key: str, path: str | None) -> list[str]:
 
 def train_value_problems(t: TrainConfig) -> list[str]:
     """Ranges and choices of `train.*`."""
+    import torch
+
+    from extend.training.loss import loss_problem
     from extend.training.run_config import tracker_problems
     from extend.training.schedule import SCHEDULES
 
@@ -138,7 +141,8 @@ def train_value_problems(t: TrainConfig) -> list[str]:
         problems.append(f"train.min_lr_ratio={t.min_lr_ratio} must lie in [0, 1]")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         problems.append(f"train.adam_betas={t.adam_betas} must be two numbers in [0, 1)")
-    return problems + tracker_problems(t.tracker) + _attention_value_problems(t)
+    loss = loss_problem(t.loss, "cuda" if torch.cuda.is_available() else "cpu")
+    return problems + ([loss] if loss else []) + tracker_problems(t.tracker) + _attention_value_problems(t)
 
 
 def _attention_value_problems(t: TrainConfig) -> list[str]:

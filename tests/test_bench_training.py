@@ -34,12 +34,13 @@ def test_gpu_benchmark_runs_at_minimal_size_on_cpu(tmp_path, capsys):
     assert bench.flops_per_token(shape, 128) == 4 * bench.linear_parameters(shape) + 12 * 2 * 64 * 128
     result = bench.main(["--shape", "smoke", "--device", "cpu", "--dtype", "float32", "--lengths", "64",
                          "--steps", "2", "--out", str(tmp_path / "gpu.json")])
-    assert [(r["system"], r["length"]) for r in result["runs"]] == [("ours", 64), ("baseline", 64)]
+    assert [(r["system"], r["length"]) for r in result["runs"]] == [("ours", 64), ("baseline", 64), ("trl", 64)]
     for run in result["runs"]:
         assert run["tokens_per_s"] > 0
         assert run["mfu"] == run["tokens_per_s"] * bench.flops_per_token(shape, 64) / 989e12
     rope = result["rope_check"]
     assert rope["float32_angles"] and rope["inv_freq_dtype"] == "torch.float32" and rope["cos_dtype"] == "torch.bfloat16"
     assert rope["max_cos_error"] <= 1e-2 < 0.5 < rope["max_cos_error_if_angles_were_bf16"]
-    assert "ours / baseline" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ours / baseline" in out and "ours / trl" in out
     assert (tmp_path / "gpu.json").stat().st_size > 0

@@ -1,12 +1,15 @@
-"""The chunked cross-entropy equals the full one, in value and gradient, and never crosses documents."""
+"""The chunked cross-entropy equals the full one, in value and gradient, and never crosses documents; every
+installed implementation of train.loss matches the plain loss."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 from torch import nn
 
-from extend.training.loss import IGNORE_INDEX, causal_lm_loss_sum, shifted_targets
+from extend.training.loss import AUTO, IGNORE_INDEX, LOSSES, causal_lm_loss_sum, loss_problem, resolve_loss, shifted_targets
 
 
 class WrappedHead(nn.Module):
@@ -79,3 +82,62 @@ def test_targets_never_cross_a_document_boundary():
     targets = shifted_targets(labels, position_ids)
     # Position 3 would predict token 4, the first token of the next document: ignored.
     assert targets.tolist() == [[1, 2, 3, IGNORE_INDEX, 5, 6, IGNORE_INDEX, 8, 9]]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# cce on CPU is its torch_compile implementation: the first call compiles (~20 s), hence slow.
+IMPLEMENTATIONS = [pytest.param(name, marks=[pytest.mark.slow] if name == "cce" else [])
+                   for name in LOSSES if name != "plain"]
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_every_installed_loss_matches_the_plain_loss_in_value_and_gradients(name):
+    problem = loss_problem(name, "cpu")
+    if problem is not None:
+        pytest.skip(problem)
+    torch.manual_seed(0)
+    head = nn.Linear(64, 1000, bias=False)
+    hidden = torch.randn(2, 300, 64, requires_grad=True)
+    labels = torch.randint(0, 1000, (2, 300))
+    labels[1, :50] = IGNORE_INDEX
+    position_ids = torch.cat([torch.arange(180), torch.arange(120)]).repeat(2, 1)
+    results = {}
+    for impl in ("plain", name):
+        head.zero_grad()
+        hidden.grad = None
+        loss, n = causal_lm_loss_sum(hidden, head, labels, position_ids, chunk_size=128, loss=impl)
+        loss.backward()
+        results[impl] = (loss.detach(), n, hidden.grad.clone(), head.weight.grad.clone())
+    (ref, n_ref, gh_ref, gw_ref), (got, n_got, gh, gw) = results["plain"], results[name]
+    assert n_got == n_ref == 2 * 299 - 49 - 2  # labels 1..49 of row 1 ignored (0 is never a target), 2 starts
+    assert abs(float(got - ref)) <= 1e-5 * abs(float(ref))
+    assert relative(gh, gh_ref) <= 1e-5 and relative(gw, gw_ref) <= 1e-5
+
+
+def test_a_chunk_size_of_zero_is_the_plain_loss_whatever_the_implementation():
+    torch.manual_seed(2)
+    head = nn.Linear(16, 50, bias=False)
+    hidden, labels = torch.randn(1, 40, 16), torch.randint(0, 50, (1, 40))
+    plain, _ = causal_lm_loss_sum(hidden, head, labels, chunk_size=64, loss="plain")
+    chunked, _ = causal_lm_loss_sum(hidden, head, labels, chunk_size=0, loss="chunked")
+    assert torch.equal(plain, chunked)
+
+
+def test_auto_picks_the_first_available_implementation_per_device():
+    assert resolve_loss("auto", "cpu") == AUTO["cpu"][0] == "chunked"
+    assert resolve_loss("cce", "cpu") == "cce"  # a named one is taken as it is (validation checks it)
+    assert resolve_loss("auto", "cuda") in LOSSES and resolve_loss("auto", "mps") == "chunked"
+
+
+def test_an_unavailable_loss_is_one_line_naming_the_fix(monkeypatch):
+    assert loss_problem("auto", "cpu") is None and loss_problem("chunked", "cpu") is None
+    assert "choose auto or one of chunked, plain, cce, liger" in loss_problem("fused", "cpu")
+    assert "runs only on cuda" in loss_problem("liger", "cpu")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "cut_cross_entropy" else real(name))
+    assert loss_problem("cce", "cpu") == ("train.loss=cce needs the cut-cross-entropy package, which is not installed: "
+                                          "pip install cut-cross-entropy")
+    assert resolve_loss("auto", "cuda") in ("liger", "chunked")

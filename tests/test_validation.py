@@ -40,6 +40,8 @@ CASES = [
     ("train", [*TINY, "train.max_steps=abc"], ("train.max_steps", "Integer")),
     ("train", [*TINY, "train.lr_schedule=cosin"], ("train.lr_schedule='cosin'", "cosine")),
     ("train", [*TINY, "train.tracker=nope"], ("train.tracker='nope'", "tensorboard")),
+    ("train", [*TINY, "train.loss=fused"], ("train.loss='fused'", "chunked")),
+    ("train", [*TINY, "train.loss=liger"], ("train.loss=liger", "cuda")),
     ("train", [*TINY, "output_dir={file}/run"], ("output_dir=", "another output_dir")),
     ("train", [*TINY, "output_dir=/proc/extend-validation-test"], ("output_dir=", "another output_dir")),
     ("train", [*TINY, "rope.type=spiral"], ("rope.type='spiral'", "yarn")),

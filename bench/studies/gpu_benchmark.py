@@ -34,6 +34,7 @@ seconds on CPU (tests/test_bench_training.py).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import subprocess
@@ -128,8 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense peak at --dtype")
+    parser.add_argument("--systems", nargs="+", choices=["ours", "baseline", "trl"], default=["ours", "baseline", "trl"],
+                        help="trl (TRL's SFTTrainer, bench/lib/training_harness.py) is skipped when trl is not installed")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gpu" / "gpu.json")
     opts = parser.parse_args(argv)
+    if "trl" in opts.systems and importlib.util.find_spec("trl") is None:
+        print("trl is not installed: the TRL SFTTrainer peer is skipped (pip install trl, or pip install '.[bench]')",
+              flush=True)
+        opts.systems.remove("trl")
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no GPU here; run on the GPU machine (bench/gpu.sh) or pass --device cpu")
     if opts.steps < 2:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{result['rope_check']['float32_angles']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="extend-gpu-bench-") as tmp:
         for length in opts.lengths:
-            for system in ("ours", "baseline"):
+            for system in opts.systems:
                 run = harness(system, Path(tmp), shape, length, opts.steps, opts.device, opts.dtype)
                 if "failed" not in run:
                     run["mfu"] = run["tokens_per_s"] * flops_per_token(shape, length) / (opts.peak_tflops * 1e12)
@@ -178,9 +185,10 @@ def table(result: dict) -> str:
     for run in result["runs"]:
         by_length.setdefault(run["length"], {})[run["system"]] = run
     for length, runs in by_length.items():
-        if all(s in runs and "failed" not in runs[s] for s in ("ours", "baseline")):
-            lines.append(f"\n{length}: ours / baseline = {runs['ours']['tokens_per_s'] / runs['baseline']['tokens_per_s']:.2f}x "
-                         f"tokens/s, {runs['ours']['peak_step_memory_gb'] / max(runs['baseline']['peak_step_memory_gb'], 1e-9):.2f}x memory")
+        for peer in ("baseline", "trl"):
+            if all(s in runs and "failed" not in runs[s] for s in ("ours", peer)):
+                lines.append(f"\n{length}: ours / {peer} = {runs['ours']['tokens_per_s'] / runs[peer]['tokens_per_s']:.2f}x "
+                             f"tokens/s, {runs['ours']['peak_step_memory_gb'] / max(runs[peer]['peak_step_memory_gb'], 1e-9):.2f}x memory")
     return "\n".join(lines)
 
 

@@ -11,9 +11,20 @@ each chunk runs under activation checkpointing, which computes its logits a seco
 
 The loss is returned as a sum with its token count, so the caller can normalise by the tokens of the whole
 optimizer step: batch 1 x accumulation 4 then equals batch 4 x accumulation 1.
+
+`train.loss` picks the implementation that scores the kept tokens, from the registry `LOSSES`: `chunked`
+(the above), `plain` (all logits at once: the reference), `cce` (Apple's Cut Cross-Entropy: its Triton
+kernel on CUDA, its `torch_compile` implementation elsewhere) and `liger` (Liger's fused linear
+cross-entropy, CUDA only). `auto` takes the first one of `AUTO[device]` that is installed. The library
+kernels need the output layer's weight whole (a plain nn.Linear without bias); where it is not (a peft
+wrapper or a ZeRO-3 partition of the head) they fall back to the chunked path.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -80,14 +91,110 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not hasattr(module.weight, "ds_id")
 
 
+def _plain_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> torch.Tensor:
+    return _chunk_loss(hidden, targets, lm_head)
+
+
+def _chunked_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> torch.Tensor:
+    n_tokens = hidden.shape[0]
+    if chunk_size <= 0 or n_tokens <= chunk_size:
+        return _chunk_loss(hidden, targets, lm_head)
+    if _is_plain_linear(lm_head):
+        return _ChunkedLinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n_tokens, chunk_size):
+        stop = start + chunk_size
+        total = total + checkpoint(_chunk_loss, hidden[start:stop], targets[start:stop], lm_head, use_reentrant=False)
+    return total
+
+
+def _fused_head(lm_head: nn.Module) -> bool:
+    """Whether a library kernel can take the head: its weight here whole, no bias (CCE takes none)."""
+    return _is_plain_linear(lm_head) and lm_head.bias is None
+
+
+def _cce_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> torch.Tensor:
+    if not _fused_head(lm_head):
+        return _chunked_loss(hidden, targets, lm_head, chunk_size)
+    from cut_cross_entropy import linear_cross_entropy
+
+    # The Triton kernel on CUDA (with its default gradient filtering); elsewhere the compiled torch version.
+    impl = "cce" if hidden.is_cuda else "torch_compile"
+    weight = lm_head.weight.to(hidden.dtype)
+    return linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX, reduction="sum", impl=impl).float()
+
+
+def _liger_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> torch.Tensor:
+    if not _fused_head(lm_head):
+        return _chunked_loss(hidden, targets, lm_head, chunk_size)
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    weight = lm_head.weight.to(hidden.dtype)
+    out = liger_fused_linear_cross_entropy(input=hidden, weight=weight, target=targets, ignore_index=IGNORE_INDEX,
+                                           reduction="sum")
+    return (out[0] if isinstance(out, tuple) else out).float()  # some versions return (loss, z_loss)
+
+
+@dataclass(frozen=True)
+class LossImpl:
+    """One way to score the kept tokens: compute(hidden (N, H), targets (N,), lm_head, chunk_size) -> sum."""
+
+    compute: Callable[[torch.Tensor, torch.Tensor, nn.Module, int], torch.Tensor]
+    module: str | None = None  # the package it imports (None: torch only)
+    pip: str | None = None  # what installs it
+    devices: tuple[str, ...] | None = None  # device types it runs on (None: all)
+
+
+LOSSES: dict[str, LossImpl] = {}
+
+
+def register_loss(name: str, impl: LossImpl) -> None:
+    LOSSES[name] = impl
+
+
+register_loss("chunked", LossImpl(_chunked_loss))
+register_loss("plain", LossImpl(_plain_loss))
+register_loss("cce", LossImpl(_cce_loss, module="cut_cross_entropy", pip="cut-cross-entropy"))
+register_loss("liger", LossImpl(_liger_loss, module="liger_kernel", pip="liger-kernel", devices=("cuda",)))
+
+# What `auto` tries, first installed wins, per device type. On CPU the chunked loss: always installed, no
+# compiler or per-shape compile step (CCE's torch_compile needs both), half the plain loss's memory
+# (results/loss_kernels/); on CUDA the fused kernels, which never hold a chunk's logits.
+AUTO: dict[str, tuple[str, ...]] = {"cuda": ("cce", "liger", "chunked"), "cpu": ("chunked",)}
+AUTO_DEFAULT = ("chunked",)
+
+
+def loss_problem(name: str, device: str) -> str | None:
+    """Why train.loss=name cannot run on a device type ("cpu", "cuda"), in one line; None when it can."""
+    if name == "auto":
+        return None
+    if name not in LOSSES:
+        return f"train.loss={name!r} is unknown; choose auto or one of {', '.join(LOSSES)}"
+    impl = LOSSES[name]
+    if impl.devices is not None and device not in impl.devices:
+        return f"train.loss={name} runs only on {', '.join(impl.devices)}; this run is on {device}: choose auto or chunked"
+    if impl.module is not None and importlib.util.find_spec(impl.module) is None:
+        return f"train.loss={name} needs the {impl.pip} package, which is not installed: pip install {impl.pip}"
+    return None
+
+
+def resolve_loss(name: str, device: str) -> str:
+    """The implementation train.loss=name means on a device type: itself, or auto's first available one."""
+    if name != "auto":
+        return name
+    return next(n for n in AUTO.get(device, AUTO_DEFAULT) if loss_problem(n, device) is None)
+
+
 def causal_lm_loss_sum(
     hidden: torch.Tensor,
     lm_head: nn.Module,
     labels: torch.Tensor,
     position_ids: torch.Tensor | None = None,
     chunk_size: int = 1024,
+    loss: str = "chunked",
 ) -> tuple[torch.Tensor, int]:
-    """(sum of next-token cross-entropies, number of scored tokens) for hidden states (B, T, H).
+    """(sum of next-token cross-entropies, number of scored tokens) for hidden states (B, T, H), scored by the
+    implementation LOSSES[loss] (`auto` is resolved for the hidden states' device).
 
     chunk_size <= 0 computes all logits at once (the reference the chunked path is tested against).
     """
@@ -98,12 +205,4 @@ def causal_lm_loss_sum(
     hidden, targets = hidden[keep], targets[keep]
     if n_tokens == 0:
         return hidden.sum() * 0.0, 0
-    if chunk_size <= 0 or n_tokens <= chunk_size:
-        return _chunk_loss(hidden, targets, lm_head), n_tokens
-    if _is_plain_linear(lm_head):
-        return _ChunkedLinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size), n_tokens
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, n_tokens, chunk_size):
-        stop = start + chunk_size
-        total = total + checkpoint(_chunk_loss, hidden[start:stop], targets[start:stop], lm_head, use_reentrant=False)
-    return total, n_tokens
+    return LOSSES[resolve_loss(loss, hidden.device.type)].compute(hidden, targets, lm_head, chunk_size), n_tokens

@@ -21,10 +21,11 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
 class ChunkedCausalLM(nn.Module):
     """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
 
-    def __init__(self, model: nn.Module, chunk_size: int):
+    def __init__(self, model: nn.Module, chunk_size: int, loss: str = "chunked"):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.loss = loss  # a name in extend.training.loss.LOSSES (train.loss, resolved for the device)
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -39,7 +40,8 @@ class ChunkedCausalLM(nn.Module):
         decoder = lm.get_decoder()
         extra = attention_inputs(lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
-        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size)
+        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size,
+                                  self.loss)
 
 
 def adapted_model(accelerator: Accelerator, wrapped: nn.Module) -> nn.Module:
