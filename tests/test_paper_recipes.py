@@ -324,7 +324,7 @@ def test_sharegpt_turns_become_chat_messages_from_the_first_human_turn(tmp_path)
     assert check_sources({"sg": src}) == []
     raw = load_source("sg", src, LoadContext(tokenizer=None, seed=0))
     assert raw.kind == "chat" and raw.atomic
-    assert raw.docs == [[{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}],
+    assert list(raw.docs) == [[{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}],
                         [{"role": "user", "content": "q"}]]
     (tmp_path / "sg.jsonl").write_text(json.dumps({"conversations": [{"from": "bard", "value": "x"}]}))
     with pytest.raises(SourceError, match="speaker\\(s\\) 'bard'"):
