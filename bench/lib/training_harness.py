@@ -115,6 +115,28 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def step_timer(device: str):
+    """A Trainer callback recording each step's wall time (and CPU time in CPU_TIMES) and the memory before
+    the first step: the peers' counterpart of our loop's step log."""
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.times, self.before = [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.before is None:
+                self.before = memory_now_gb(device)
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.times.append(time.perf_counter() - self.started)
+            CPU_TIMES.append(time.process_time() - self.cpu_started)
+
+    return StepTimes()
+
+
 def measure_ours(cfg, device: str) -> tuple[list[float], float, float]:
     from extend.train import setup, train_step
     from extend.training.batches import StageRows
@@ -137,7 +159,7 @@ def measure_ours(cfg, device: str) -> tuple[list[float], float, float]:
 def measure_baseline(cfg, out: Path, device: str, checkpointing: bool) -> tuple[list[float], float, float]:
     import datasets
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from extend.data.manifest import read_manifest
     from extend.training.batches import StageRows, stages_from_manifest
@@ -151,21 +173,7 @@ def measure_baseline(cfg, out: Path, device: str, checkpointing: bool) -> tuple[
     model = get_peft_model(model, LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, lora_dropout=0.0,
                                              target_modules=list(cfg.adapter.target_modules), task_type="CAUSAL_LM"))
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.times, self.before = [], None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if self.before is None:
-                self.before = memory_now_gb(device)
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            synchronize(device)
-            self.times.append(time.perf_counter() - self.started)
-            CPU_TIMES.append(time.process_time() - self.cpu_started)
-
-    timer = StepTimes()
+    timer = step_timer(device)
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=1, max_steps=stage.steps, learning_rate=1e-4,
         lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to=[], logging_strategy="no",
@@ -188,7 +196,7 @@ def documents_of(rows: dict[str, torch.Tensor]) -> list[list[int]]:
 def measure_trl(cfg, out: Path, device: str, checkpointing: bool) -> tuple[list[float], float, float, list[int], dict]:
     import datasets
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from extend.data.manifest import read_manifest
@@ -211,21 +219,7 @@ def measure_trl(cfg, out: Path, device: str, checkpointing: bool) -> tuple[list[
 
     model.register_forward_pre_hook(record, with_kwargs=True)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.times, self.before = [], None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if self.before is None:
-                self.before = memory_now_gb(device)
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            synchronize(device)
-            self.times.append(time.perf_counter() - self.started)
-            CPU_TIMES.append(time.process_time() - self.cpu_started)
-
-    timer = StepTimes()
+    timer = step_timer(device)
     args = SFTConfig(
         output_dir=str(out), per_device_train_batch_size=1, max_steps=stage.steps, learning_rate=1e-4,
         lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to=[], logging_strategy="no",

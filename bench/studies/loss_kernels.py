@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row = {"loss": name, "case": case, "failed": lines[-1] if lines else f"exit {proc.returncode}"}
             else:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
-                saved = torch.load(row.pop("grads_file"))
+                saved = torch.load(row.pop("grads_file"), weights_only=True)
                 (Path(tempfile.gettempdir()) / f"extend-loss-{name}-{case}.pt").unlink(missing_ok=True)
                 if name == "plain":
                     reference = saved
