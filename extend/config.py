@@ -154,6 +154,13 @@ class TrainConfig:
     tracker: str = "tensorboard"
     # Stop after this many optimizer steps of the curriculum (null = all of it); for smoke runs.
     max_steps: int | None = None
+    # Long-length memory (extend/training/memory.py; docs/training.md "Memory at long length").
+    # Run each decoder layer's MLP over slices of ceil(tokens / hidden size) tokens, recomputed in the
+    # backward (DeepSpeed's TiledMLP): the MLP's (tokens x intermediate) activations exist one slice at a time.
+    tiled_mlp: bool = False
+    # Keep the activations autograd saves in the forward in host memory (torch save_on_cpu); with
+    # gradient_checkpointing that is one hidden state per layer. Costs a copy each way per step.
+    checkpoint_offload: bool = False
 
 
 @dataclass

@@ -50,6 +50,7 @@ CASES = [
     ("train", [*TINY, "eval.lengths=[1]"], ("eval.lengths", ">= 2")),
     ("train", [*TINY, "publish.repo_id=not a repo", "publish.dry_run=true"], ("publish.repo_id", "ORG/NAME")),
     ("train", [*TINY, "accelerate.sequence_parallel_size=0"], ("accelerate.sequence_parallel_size=0", ">= 1")),
+    ("train", [*TINY, "accelerate.sequence_parallel_size=2"], ("accelerate.sequence_parallel_size=2", "accelerate=zero2 or zero3")),
     ("train", [*TINY, "data.packing=zip"], ("data.packing='zip'", "pretrain")),
     ("train", [*TINY, "seed=-1"], ("seed=-1", ">= 0")),
     ("train", ["recipe=no_such_recipe"], ("recipe=no_such_recipe", "tiny")),

@@ -9,7 +9,7 @@ from peft import PeftModel
 from torch import nn
 from transformers.integrations import unset_hf_deepspeed_config
 
-from extend.training.loss import causal_lm_loss_sum
+from extend.training.loss import target_loss_sum
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:
@@ -29,10 +29,12 @@ class ChunkedCausalLM(nn.Module):
     def causal_lm(self) -> nn.Module:
         return causal_lm_of(self.model)
 
-    def forward(self, input_ids, labels, position_ids):
+    def forward(self, input_ids, position_ids, targets):
+        """(loss sum, scored tokens) of rows, or of their sequence shards: targets are next-token targets
+        aligned with input_ids (extend/training/loss.py next_token_targets)."""
         lm = self.causal_lm
         hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size)
+        return target_loss_sum(hidden, lm.get_output_embeddings(), targets, self.chunk_size)
 
 
 def adapted_model(accelerator: Accelerator, wrapped: nn.Module) -> nn.Module:
