@@ -366,9 +366,9 @@ class AccelerateConfig:
     # DeepSpeed offload of optimizer state / parameters (parameters need stage 3): none or cpu.
     offload_optimizer: str = "none"
     offload_params: str = "none"
-    # Sequence parallelism (DeepSpeed Ulysses through accelerate's ParallelismConfig): ranks per sequence.
-    # 1 = off. Needs strategy=deepspeed; the process count, attention heads and every stage length must
-    # divide by it.
+    # Sequence parallelism (DeepSpeed Ulysses on extend's loop, extend/training/sequence_parallel.py):
+    # processes per row. 1 = off. Needs strategy=deepspeed and train.packed_attention; the process count,
+    # attention heads and every stage length must divide by it (docs/training.md "Sequence parallelism").
     sequence_parallel_size: int = 1
 
 

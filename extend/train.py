@@ -59,7 +59,7 @@ from extend.training.schedule import build_scheduler
 from extend.training.sequence_parallel import SequenceParallel, enable_sequence_parallel
 from extend.validation import check_training, validate_training  # noqa: F401  (check_training: tests, bench)
 
-__all__ = ["Run", "check_training", "export", "fit", "forward_loss", "setup", "step_inputs", "train", "train_step"]
+__all__ = ["Run", "backward_loss", "check_training", "export", "fit", "forward_loss", "setup", "step_inputs", "train", "train_step"]
 
 
 @dataclass
@@ -236,20 +236,23 @@ def stage_rope_theta(cfg: DecoderConfig, index: int) -> float | None:
     return bases[index] if bases[index] is not None else cfg.rope.rope_theta
 
 
-def step_inputs(run: Run, rows: dict[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], int, float]:
+def step_inputs(run: Run, rows: dict[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], int]:
     """This process's share of one step's rows: its micro-batches as model inputs (under sequence
-    parallelism, its shard of each row), the scored tokens of the whole step, and the factor that turns a
-    micro-batch's summed token loss into the loss it back-propagates.
+    parallelism, its shard of each row), and the scored tokens of the whole step."""
+    acc = run.accelerator
+    step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
+    batches = micro_batches(rows, run.cfg.train.micro_batch_size, *run.sp.data_parallel(acc.process_index, acc.num_processes))
+    return [{k: v.to(acc.device) for k, v in run.sp.shard(batch).items()} for batch in batches], step_tokens
+
+
+def backward_loss(run: Run, loss_sum: torch.Tensor, step_tokens: int) -> torch.Tensor:
+    """What a micro-batch back-propagates for its summed token loss.
 
     Normalising by the tokens of the whole step (all processes see all rows) makes the gradient the same
     however the step is split into micro-batches, processes and sequence shards. The engines average
     gradients over all processes (under sequence parallelism too: extend/training/sequence_parallel.py
     says why), hence the factor num_processes."""
-    acc = run.accelerator
-    step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
-    batches = micro_batches(rows, run.cfg.train.micro_batch_size, *run.sp.data_parallel(acc.process_index, acc.num_processes))
-    inputs = [{k: v.to(acc.device) for k, v in run.sp.shard(batch).items()} for batch in batches]
-    return inputs, step_tokens, acc.num_processes / max(step_tokens, 1)
+    return loss_sum * run.accelerator.num_processes / max(step_tokens, 1)
 
 
 def forward_loss(run: Run, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -262,7 +265,7 @@ def forward_loss(run: Run, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
     """One optimizer step over one step's rows; returns the mean loss per scored token."""
     acc, cfg = run.accelerator, run.cfg
-    batches, step_tokens, scale = step_inputs(run, rows)
+    batches, step_tokens = step_inputs(run, rows)
     inner = run.adapted
     loss_total = torch.zeros((), device=acc.device)
     for i, batch in enumerate(batches):
@@ -270,7 +273,7 @@ def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
         acc.sync_gradients = sync  # DeepSpeed steps its engine on the backward of the last micro-batch
         with contextlib.nullcontext() if sync else acc.no_sync(run.model):
             loss_sum = forward_loss(run, batch)
-            loss = loss_sum * scale
+            loss = backward_loss(run, loss_sum, step_tokens)
             penalty = run.adapter.regularization(inner) if sync else None
             acc.backward(loss if penalty is None else loss + penalty)  # the penalty once per step
         loss_total += loss_sum.detach()

@@ -6,8 +6,8 @@ optimizer step on packed rows under sequence parallelism, at ZeRO stages 1, 2 an
 ROWS is a torch file of whole rows (input_ids, labels, position_ids). Stage 2 is the run extend/train.py
 builds (setup: accelerate, Ulysses registration, ZeRO through accelerate); stages 1 and 3 are engines built
 on fresh copies of the same base in the same processes (Ulysses is registered once per process). Every
-stage takes its inputs and loss scale from extend.train.step_inputs, as train_step does, and stops before
-the optimizer step: the full gradients are gathered with DeepSpeed's safe_get_full_grad.
+stage takes its inputs and loss scale from extend.train (step_inputs, backward_loss), as train_step does,
+and stops before the optimizer step: the full gradients are gathered with DeepSpeed's safe_get_full_grad.
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from omegaconf import OmegaConf  # noqa: E402
 from extend.config import CONF_DIR  # noqa: E402
 from extend.models import load_base_model  # noqa: E402
 from extend.models.packed_attention import use_packed_attention  # noqa: E402
-from extend.train import forward_loss, setup, step_inputs  # noqa: E402
+from extend.train import backward_loss, forward_loss, setup, step_inputs  # noqa: E402
 from extend.training.distributed import deepspeed_config  # noqa: E402
 from extend.training.model import ChunkedCausalLM, without_zero3_init  # noqa: E402
 
 
 def gradients(run, rows) -> dict:
     """Loss and full gradients of one step's rows, through the engine in run.model (not stepped)."""
-    batches, tokens, scale = step_inputs(run, rows)
+    batches, tokens = step_inputs(run, rows)
     engine, total = run.model, torch.zeros(())
     for i, batch in enumerate(batches):
         engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
         loss_sum = forward_loss(run, batch)
-        engine.backward(loss_sum * scale)
+        engine.backward(backward_loss(run, loss_sum, tokens))
         total += loss_sum.detach()
     torch.distributed.all_reduce(total)
     grads = {name: safe_get_full_grad(p) for name, p in engine.module.named_parameters() if p.requires_grad}

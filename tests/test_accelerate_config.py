@@ -72,3 +72,18 @@ def test_deepspeed_without_a_launcher_is_refused(monkeypatch):
     problems = check_accelerate(compose_typed("accelerate=zero2"), world_size=1)
     assert problems == ["accelerate=zero2 (DeepSpeed) needs a launcher, even for one process: ./launch.sh --processes N "
                         "... (or torchrun / accelerate launch)"]
+
+
+def test_rows_per_step_are_dealt_to_sequence_parallel_groups_not_processes():
+    from extend.validation import check_training
+
+    # 512 tokens per step: 8 rows at 64, 4 rows at 128; micro-batches of 2 on 4 processes.
+    plain = check_training(compose_typed("accelerate=zero3", "train.micro_batch_size=2"), world_size=4, addressable=None)
+    assert plain == ["curriculum.stages[1]: 4 rows per step do not split into micro-batches of 2 on 4 process(es); "
+                     "change train.micro_batch_size or curriculum.tokens_per_step"]
+    sp = compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=2", "train.micro_batch_size=2")
+    assert check_training(sp, world_size=4, addressable=None) == []  # 2 groups of 2 processes
+    three = compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=2",
+                          "train.micro_batch_size=3")
+    assert any("on 2 sequence-parallel group(s) of 2 processes" in p
+               for p in check_training(three, world_size=4, addressable=None))

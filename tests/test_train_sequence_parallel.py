@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from extend.config import ModelConfig
 from extend.models.loading import build_random, load_base_config
 from extend.models.tokenizer import load_tokenizer
-from extend.train import forward_loss, setup, step_inputs, train
+from extend.train import backward_loss, forward_loss, setup, step_inputs, train
 
 from training_fixtures import BASE_OVERRIDES, compose_typed
 
@@ -95,10 +95,10 @@ def test_gradients_equal_one_process_on_whole_rows_at_every_zero_stage(saved_bas
 
     # The reference: one process, whole rows, no engine.
     run = setup(compose_typed(*overrides(saved_base, dataset_dir, tmp_path / "reference", *FULL)[len(BASE_OVERRIDES):]))
-    batches, tokens, scale = step_inputs(run, rows)
+    batches, tokens = step_inputs(run, rows)
     assert len(batches) == 1 and batches[0]["input_ids"].shape == (2, 128)
     loss_sum = forward_loss(run, batches[0])
-    (loss_sum * scale).backward()
+    backward_loss(run, loss_sum, tokens).backward()
     want_loss = float(loss_sum.detach()) / tokens
     want = {name: p.grad for name, p in run.model.named_parameters() if p.requires_grad}
     assert len(want) > 10 and all(g is not None and g.norm() > 0 for g in want.values())
