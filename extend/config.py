@@ -174,6 +174,13 @@ class TrainConfig:
     tracker: str = "tensorboard"
     # Stop after this many optimizer steps of the curriculum (null = all of it); for smoke runs.
     max_steps: int | None = None
+    # Long-length memory (extend/training/memory.py; docs/training.md "Memory at long length").
+    # Run each decoder layer's MLP over slices of ceil(tokens / hidden size) tokens, recomputed in the
+    # backward (DeepSpeed's TiledMLP): the MLP's (tokens x intermediate) activations exist one slice at a time.
+    tiled_mlp: bool = False
+    # Keep the activations autograd saves in the forward in host memory (torch save_on_cpu); with
+    # gradient_checkpointing that is one hidden state per layer. Costs a copy each way per step.
+    checkpoint_offload: bool = False
 
 
 @dataclass
@@ -395,9 +402,9 @@ class AccelerateConfig:
     # DeepSpeed offload of optimizer state / parameters (parameters need stage 3): none or cpu.
     offload_optimizer: str = "none"
     offload_params: str = "none"
-    # Sequence parallelism (DeepSpeed Ulysses through accelerate's ParallelismConfig): ranks per sequence.
-    # 1 = off. Needs strategy=deepspeed; the process count, attention heads and every stage length must
-    # divide by it.
+    # Sequence parallelism (DeepSpeed Ulysses on extend's loop, extend/training/sequence_parallel.py):
+    # processes per row. 1 = off. Needs strategy=deepspeed and train.packed_attention; the process count,
+    # attention heads and every stage length must divide by it (docs/training.md "Sequence parallelism").
     sequence_parallel_size: int = 1
     # Seconds a process may go without a heartbeat before the run stops on every node, naming the lost
     # rank, host and node (extend/training/nodes.py); 0 = off (collectives then wait for the process

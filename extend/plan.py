@@ -9,8 +9,10 @@ Planner-only arguments (everything else is a Hydra override, as for `extend trai
   gpus=N                processes (GPUs) the run is launched on (default 1)
   gpu_memory=GB         memory of one GPU in GB (2^30 bytes; default 80)
   base_config=PATH      a config.json (or its folder) with the base's geometry, for a Hub base not on this machine
-  offload_activations   what-if: the checkpointed layer inputs live in host memory (ALST's checkpoint offload)
-  tiled_mlp             what-if: the MLP runs in sequence tiles (ALST's TiledMLP), its intermediates ~ 0
+  offload_activations   the checkpointed layer inputs live in host memory (ALST's checkpoint offload); the
+                        same as train.checkpoint_offload=true, which the planner also reads
+  tiled_mlp             the MLP runs in sequence tiles (ALST's TiledMLP), its intermediates ~ 0; the same as
+                        train.tiled_mlp=true
 """
 
 from __future__ import annotations
@@ -286,7 +288,8 @@ def setup_from_config(cfg, geometry: Geometry, gpus: int, offload_activations: b
         offload_optimizer=a.offload_optimizer != "none", offload_params=a.offload_params != "none",
         gpus=gpus, sp=a.sequence_parallel_size, micro_batch=t.micro_batch_size,
         checkpointing=t.gradient_checkpointing, eager_attention=cfg.model.attn_implementation == "eager",
-        loss_chunk=t.loss_chunk_size, offload_activations=offload_activations, tiled_mlp=tiled_mlp,
+        loss_chunk=t.loss_chunk_size, offload_activations=offload_activations or t.checkpoint_offload,
+        tiled_mlp=tiled_mlp or t.tiled_mlp,
     )
 
 

@@ -52,14 +52,16 @@ from extend.training.checkpoint import (
 )
 from extend.training.distributed import StopRequest, build_accelerator, is_deepspeed
 from extend.training.loss import resolve_loss, shifted_targets
+from extend.training.memory import activation_offload, tile_mlps, untile_mlps
 from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, gathered, without_zero3_init
 from extend.training.nodes import PeerWatch, check_shared_folder, several_nodes
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
 from extend.training.run_config import LOGS, config_fingerprint, finished_export, flat_config, record_config, tracker_for
 from extend.training.schedule import build_scheduler
+from extend.training.sequence_parallel import SequenceParallel, enable_sequence_parallel
 from extend.validation import check_training, validate_training  # noqa: F401  (check_training: tests, bench)
 
-__all__ = ["Run", "check_training", "export", "fit", "setup", "train", "train_step"]
+__all__ = ["Run", "backward_loss", "check_training", "export", "fit", "forward_loss", "setup", "step_inputs", "train", "train_step"]
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Run:
     model_config: PreTrainedConfig  # the base's config with the position method, as the export carries it
     manifest: dict
     run_dir: Path
+    sp: SequenceParallel = SequenceParallel()  # this process's place in its sequence-parallel group
 
     @property
     def total_steps(self) -> int:
@@ -141,6 +144,7 @@ def setup(cfg: DecoderConfig) -> Run:
     tokenizer, model_config = setup_tokenizer(cfg, accelerator)
     manifest, stages = setup_data(cfg, accelerator, tokenizer)
     adapter, model = setup_model(cfg, accelerator, model_config)
+    sp = enable_sequence_parallel(causal_lm_of(model), cfg.accelerate.sequence_parallel_size, cfg.train.micro_batch_size)
     optimizer, scheduler = setup_optimizer(cfg, model, stages)
     state, checkpoint = setup_state(cfg, accelerator)
     if tracker is not None:
@@ -152,7 +156,7 @@ def setup(cfg: DecoderConfig) -> Run:
     wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size, loss),
                                                         optimizer, scheduler)
     run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest,
-              Path(cfg.output_dir))
+              Path(cfg.output_dir), sp)
     if checkpoint is not None:
         resume(run, checkpoint)
     return run
@@ -197,6 +201,8 @@ def setup_model(cfg: DecoderConfig, accelerator: Accelerator, model_config: PreT
     model = adapter.attach(model)
     if cfg.train.gradient_checkpointing:
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.tiled_mlp:
+        tile_mlps(causal_lm_of(model))
     accelerator.print(f"{cfg.adapter.type}: {adapter.trainable_summary(model)}")
     return adapter, model
 
@@ -247,22 +253,44 @@ def stage_rope_theta(cfg: DecoderConfig, index: int) -> float | None:
     return bases[index] if bases[index] is not None else cfg.rope.rope_theta
 
 
+def step_inputs(run: Run, rows: dict[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """This process's share of one step's rows: its micro-batches as model inputs (under sequence
+    parallelism, its shard of each row), and the scored tokens of the whole step."""
+    acc = run.accelerator
+    step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
+    batches = micro_batches(rows, run.cfg.train.micro_batch_size, *run.sp.data_parallel(acc.process_index, acc.num_processes))
+    return [{k: v.to(acc.device) for k, v in run.sp.shard(batch).items()} for batch in batches], step_tokens
+
+
+def backward_loss(run: Run, loss_sum: torch.Tensor, step_tokens: int) -> torch.Tensor:
+    """What a micro-batch back-propagates for its summed token loss.
+
+    Normalising by the tokens of the whole step (all processes see all rows) makes the gradient the same
+    however the step is split into micro-batches, processes and sequence shards. The engines average
+    gradients over all processes (under sequence parallelism too: extend/training/sequence_parallel.py
+    says why), hence the factor num_processes."""
+    return loss_sum * run.accelerator.num_processes / max(step_tokens, 1)
+
+
+def forward_loss(run: Run, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The summed token loss of one micro-batch (train.checkpoint_offload: its activations kept in host memory)."""
+    with activation_offload(run.cfg.train.checkpoint_offload):
+        loss_sum, _ = run.model(**inputs)
+    return loss_sum
+
+
 def train_step(run: Run, rows: dict[str, torch.Tensor]) -> float:
     """One optimizer step over one step's rows; returns the mean loss per scored token."""
     acc, cfg = run.accelerator, run.cfg
-    # Normalise by the tokens of the whole step (all processes see all rows), so the gradient is the
-    # same however the step is split into micro-batches and processes.
-    step_tokens = int((shifted_targets(rows["labels"], rows["position_ids"]) != -100).sum())
-    batches = micro_batches(rows, cfg.train.micro_batch_size, acc.process_index, acc.num_processes)
+    batches, step_tokens = step_inputs(run, rows)
     inner = run.adapted
     loss_total = torch.zeros((), device=acc.device)
     for i, batch in enumerate(batches):
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
         sync = i == len(batches) - 1
         acc.sync_gradients = sync  # DeepSpeed steps its engine on the backward of the last micro-batch
         with contextlib.nullcontext() if sync else acc.no_sync(run.model):
-            loss_sum, _ = run.model(**batch)
-            loss = loss_sum * acc.num_processes / max(step_tokens, 1)
+            loss_sum = forward_loss(run, batch)
+            loss = backward_loss(run, loss_sum, step_tokens)
             penalty = run.adapter.regularization(inner) if sync else None
             acc.backward(loss if penalty is None else loss + penalty)  # the penalty once per step
         loss_total += loss_sum.detach()
@@ -386,6 +414,7 @@ def export(run: Run) -> Path:
     final = run.run_dir / "final"
     inner = trained_model(run)
     if acc.is_main_process:
+        untile_mlps(causal_lm_of(inner))
         tmp = run.run_dir / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         if cfg.adapter.type != "full":

@@ -256,11 +256,14 @@ def _stage_problems(cfg: DecoderConfig, world: int) -> list[str]:
                             f"{cfg.rope.rope_theta}, which the export carries: make them equal")
     if t.micro_batch_size < 1:
         return problems
+    sp = cfg.accelerate.sequence_parallel_size
+    groups = world // sp if sp >= 1 and world % sp == 0 else world  # a bad size is check_accelerate's to report
     for i, stage in enumerate(cfg.curriculum.stages):
         rows = cfg.curriculum.tokens_per_step // stage.length
-        if rows % (t.micro_batch_size * world):
+        if rows % (t.micro_batch_size * groups):
+            where = f"{world} process(es)" if groups == world else f"{groups} sequence-parallel group(s) of {sp} processes"
             problems.append(f"curriculum.stages[{i}]: {rows} rows per step do not split into micro-batches of "
-                            f"{t.micro_batch_size} on {world} process(es); change train.micro_batch_size or "
+                            f"{t.micro_batch_size} on {where}; change train.micro_batch_size or "
                             "curriculum.tokens_per_step")
     return problems
 
@@ -304,7 +307,8 @@ def _adapter_and_model_problems(cfg: DecoderConfig, world: int, launching: bool)
     if kernel_problem:
         problems.append(f"train.attention={cfg.train.attention} {kernel_problem}")
     heads = getattr(model_config, "num_attention_heads", None)
-    problems += check_accelerate(cfg, heads, world, launched=launching or None)
+    problems += check_accelerate(cfg, heads, world, launched=launching or None,
+                                 kv_heads=getattr(model_config, "num_key_value_heads", None))
     if adapter is not None:
         with torch.device("meta"):
             meta = AutoModelForCausalLM.from_config(model_config, attn_implementation=attention_for(model_config, "sdpa"))

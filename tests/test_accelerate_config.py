@@ -36,11 +36,15 @@ def test_ddp_is_the_default_and_valid():
         (["accelerate=zero2", "accelerate.offload_params=cpu"], "accelerate.offload_params needs accelerate.zero_stage=3"),
         (["accelerate=zero2", "accelerate.offload_optimizer=nvme"], "accelerate.offload_optimizer='nvme': choose none or cpu"),
         (["accelerate=zero2", "adapter.quantize=4bit"], "adapter.quantize (QLoRA) runs under accelerate=ddp"),
-        (["accelerate.sequence_parallel_size=2"], "needs a DeepSpeed option"),
+        (["accelerate.sequence_parallel_size=2"], "needs a DeepSpeed option: add accelerate=zero2 or zero3"),
         (["accelerate=zero3", "accelerate.sequence_parallel_size=3"], "does not divide the 4 launched processes"),
         (["accelerate=zero3", "accelerate.sequence_parallel_size=4"], "does not divide the model's 6 attention heads"),
         (["accelerate=zero3", "accelerate.sequence_parallel_size=4", "curriculum.stages=[{length: 66, steps: 1}]"],
          "curriculum.stages[0].length=66 does not split into 4 equal sequence shards"),
+        (["accelerate=zero3", "accelerate.sequence_parallel_size=2", "train.packed_attention=false"],
+         "set train.packed_attention=true and model.attn_implementation=sdpa"),
+        (["accelerate=zero3", "accelerate.sequence_parallel_size=2", "model.attn_implementation=eager"],
+         "set train.packed_attention=true and model.attn_implementation=sdpa"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message, monkeypatch):
@@ -49,10 +53,18 @@ def test_bad_settings_are_refused(overrides, message, monkeypatch):
     assert any(message in p for p in problems), problems
 
 
-def test_valid_sequence_parallel_settings_are_refused_as_not_run_yet(monkeypatch):
+def test_valid_sequence_parallel_settings_pass(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
-    problems = check_accelerate(compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=2"), num_heads=4, world_size=4)
-    assert len(problems) == 1 and "extend's loop does not shard sequences across ranks yet" in problems[0]
+    cfg = compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=2")
+    assert check_accelerate(cfg, num_heads=4, world_size=4, kv_heads=2) == []
+    assert check_accelerate(cfg, num_heads=4, world_size=4, kv_heads=1) == []  # key/value heads replicated
+
+
+def test_key_value_heads_and_sequence_parallel_size_must_divide_one_another(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cfg = compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=4")
+    problems = check_accelerate(cfg, num_heads=12, world_size=4, kv_heads=6)
+    assert problems == ["accelerate.sequence_parallel_size=4 and the model's 6 key/value heads: one must divide the other"]
 
 
 def test_deepspeed_without_a_launcher_is_refused(monkeypatch):
@@ -60,3 +72,18 @@ def test_deepspeed_without_a_launcher_is_refused(monkeypatch):
     problems = check_accelerate(compose_typed("accelerate=zero2"), world_size=1)
     assert problems == ["accelerate=zero2 (DeepSpeed) needs a launcher, even for one process: ./launch.sh --processes N "
                         "... (or torchrun / accelerate launch)"]
+
+
+def test_rows_per_step_are_dealt_to_sequence_parallel_groups_not_processes():
+    from extend.validation import check_training
+
+    # 512 tokens per step: 8 rows at 64, 4 rows at 128; micro-batches of 2 on 4 processes.
+    plain = check_training(compose_typed("accelerate=zero3", "train.micro_batch_size=2"), world_size=4, addressable=None)
+    assert plain == ["curriculum.stages[1]: 4 rows per step do not split into micro-batches of 2 on 4 process(es); "
+                     "change train.micro_batch_size or curriculum.tokens_per_step"]
+    sp = compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=2", "train.micro_batch_size=2")
+    assert check_training(sp, world_size=4, addressable=None) == []  # 2 groups of 2 processes
+    three = compose_typed("accelerate=zero3", "accelerate.sequence_parallel_size=2",
+                          "train.micro_batch_size=3")
+    assert any("on 2 sequence-parallel group(s) of 2 processes" in p
+               for p in check_training(three, world_size=4, addressable=None))

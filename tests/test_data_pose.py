@@ -11,8 +11,8 @@ from extend.data.curriculum import check_curriculum
 from extend.data.manifest import dataset_config, fingerprint
 from extend.data.packing import materialize, pack_pretrain
 from extend.data.pose import SCHEME, PoseDraw, pose_positions
-from extend.training.batches import documents_from_seq_lens
-from extend.training.loss import causal_lm_loss_sum
+from extend.training.batches import documents_from_positions, documents_from_seq_lens
+from extend.training.loss import causal_lm_loss_sum, next_token_targets
 from tests.test_data_packing import PAD, VOCAB, make_source
 
 
@@ -157,7 +157,9 @@ def test_packed_pose_row_never_attends_across_documents(attention, monkeypatch):
         """Loss sum and the gradient of the whole loss w.r.t. each token's input embedding."""
         grads = {}
         handle = embed.register_forward_hook(lambda m, i, o: (o.retain_grad(), grads.setdefault("e", o))[1])
-        loss, _ = lm(ids, labels, positions, documents)
+        if documents is None:
+            documents = torch.from_numpy(documents_from_positions(positions.numpy())).long()
+        loss, _ = lm(ids, positions, next_token_targets(labels, positions), documents)
         handle.remove()
         loss.backward()
         return loss.detach(), grads["e"].grad[0].detach()
@@ -185,7 +187,7 @@ def test_batches_carry_document_ids_from_seq_lens_or_positions(packed, tmp_path)
     import pyarrow.parquet as pq
 
     from extend.data.manifest import write_shard
-    from extend.training.batches import Stage, StageRows, documents_from_positions
+    from extend.training.batches import Stage, StageRows
 
     sources, rows = packed
     out = materialize(rows, sources, 128, PAD, PoseDraw(span=4096, chunks=2, seed=0, stage=0))

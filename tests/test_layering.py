@@ -25,7 +25,8 @@ LAYERS: list[tuple[set[str], str]] = [
     ({"models"}, "loading, tokenizer, presets, packed and S²-Attn training attention, saving an extended model"),
     ({"adapters", "data"}, "LoRA/LoFiT/full adapters; data preparation (sources, tokenize, pack, curriculum)"),
     ({"__init__"}, "the package root: `import extend` registers entropy_abf with transformers and the dataset-folder resolver"),
-    ({"training"}, "the training loop's pieces: batches, loss, schedule, checkpoints, distributed, run shell"),
+    ({"training"}, "the training loop's pieces: batches, loss, schedule, checkpoints, distributed, sequence "
+                   "parallelism, long-length memory, run shell"),
     ({"eval", "inspection", "plan"}, "evaluation of a model; the rope inspection report and the memory planner "
                                      "(read a model config)"),
     ({"publish"}, "staging, card and upload of a finished run (reads its evaluation)"),

@@ -174,3 +174,14 @@ def test_a_base_not_on_this_machine_is_one_line_or_read_from_base_config(tmp_pat
     except SystemExit as done:
         assert done.code in (0, None)
     assert "0.1M parameters (2 layers, hidden 64, 4/2 heads, MLP 128, vocab 256)" in capsys.readouterr().out
+
+
+def test_the_train_memory_options_are_planned_like_the_what_if_switches():
+    from extend.plan import setup_from_config
+    from training_fixtures import compose_typed
+
+    plain = setup_from_config(compose_typed(), G, gpus=1)
+    keys = setup_from_config(compose_typed("train.tiled_mlp=true", "train.checkpoint_offload=true"), G, gpus=1)
+    switches = setup_from_config(compose_typed(), G, gpus=1, offload_activations=True, tiled_mlp=True)
+    assert not plain.tiled_mlp and not plain.offload_activations
+    assert keys == switches and keys.tiled_mlp and keys.offload_activations

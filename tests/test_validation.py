@@ -65,6 +65,7 @@ CASES = [
     ("train", [*TINY, "accelerate.peer_timeout=-1"], ("accelerate.peer_timeout=-1", ">= 3 seconds")),
     ("train", [*TINY, "publish.repo_id=not a repo", "publish.dry_run=true"], ("publish.repo_id", "ORG/NAME")),
     ("train", [*TINY, "accelerate.sequence_parallel_size=0"], ("accelerate.sequence_parallel_size=0", ">= 1")),
+    ("train", [*TINY, "accelerate.sequence_parallel_size=2"], ("accelerate.sequence_parallel_size=2", "accelerate=zero2 or zero3")),
     ("train", [*TINY, "data.packing=zip"], ("data.packing='zip'", "pretrain")),
     ("train", [*TINY, "data.num_shards=2", "data.shard_index=5"], ("data.shard_index=5", "0..1")),
     ("train", [*TINY, "seed=-1"], ("seed=-1", ">= 0")),

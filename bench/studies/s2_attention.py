@@ -87,6 +87,8 @@ def measure(attention: str, length: int, steps: int, longest: int) -> dict:
     from extend.models.tokenizer import load_tokenizer
     from extend.models.training_attention import use_training_attention
     from extend.rope import apply_rope, resolve_rope
+    from extend.models.packed_attention import documents_from_positions
+    from extend.training.loss import next_token_targets
     from extend.training.model import ChunkedCausalLM
 
     cfg = compose(f"rope.factor={length // BASE_LENGTH}", f"train.attention={attention}")
@@ -98,12 +100,13 @@ def measure(attention: str, length: int, steps: int, longest: int) -> dict:
     module = ChunkedCausalLM(model, cfg.train.loss_chunk_size).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     ids, positions = packed_rows(TOKENS_PER_STEP // length, length, model.config.vocab_size, longest)
+    targets, documents = next_token_targets(ids, positions), documents_from_positions(positions)
     reset_peak_rss()
     before, times = rss_kb(), []
     cpu = []
     for _ in range(steps + 1):
         start, start_cpu = time.perf_counter(), time.process_time()
-        loss, count = module(ids, ids, positions)
+        loss, count = module(ids, positions, targets, documents)
         (loss / count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -31,9 +31,10 @@ def launched_processes() -> int:
 
 
 def check_accelerate(cfg: ExtendConfig, num_heads: int | None = None, world_size: int | None = None,
-                     launched: bool | None = None) -> list[str]:
+                     launched: bool | None = None, kv_heads: int | None = None) -> list[str]:
     """Problems with conf/accelerate/ for this run, found before any model loads. `launched`: whether a
-    launcher starts the processes (default: whether this process was started by one)."""
+    launcher starts the processes (default: whether this process was started by one); `num_heads`,
+    `kv_heads`: the model's query and key/value heads (None: not known)."""
     a, problems = cfg.accelerate, []
     world_size = launched_processes() if world_size is None else world_size
     launched = "LOCAL_RANK" in os.environ if launched is None else launched
@@ -59,21 +60,33 @@ def check_accelerate(cfg: ExtendConfig, num_heads: int | None = None, world_size
     if sp < 1:
         problems.append(f"accelerate.sequence_parallel_size={sp} must be >= 1")
     elif sp > 1:
-        if a.strategy != "deepspeed":
-            problems.append("accelerate.sequence_parallel_size > 1 needs a DeepSpeed option (accelerate=zero2 or zero3)")
-        if world_size % sp:
-            problems.append(f"accelerate.sequence_parallel_size={sp} does not divide the {world_size} launched processes")
-        if num_heads is not None and num_heads % sp:
-            problems.append(f"accelerate.sequence_parallel_size={sp} does not divide the model's {num_heads} attention heads")
-        for i, stage in enumerate(cfg.curriculum.stages):
-            if stage.length % sp:
-                problems.append(f"curriculum.stages[{i}].length={stage.length} does not split into {sp} equal sequence shards")
-        if not problems:
-            # Everything divides; what is missing is ours: the loop does not shard sequences yet.
-            problems.append(
-                f"accelerate.sequence_parallel_size={sp} is valid for this run, but extend's loop does not shard "
-                "sequences across ranks yet; use 1 (gradient checkpointing and ZeRO-3 offload reach 32k-128k)"
-            )
+        problems += _sequence_parallel_problems(cfg, sp, num_heads, kv_heads, world_size)
+    return problems
+
+
+def _sequence_parallel_problems(cfg: ExtendConfig, sp: int, num_heads: int | None, kv_heads: int | None,
+                                world_size: int) -> list[str]:
+    """What DeepSpeed Ulysses on our loop needs (extend/training/sequence_parallel.py)."""
+    if cfg.accelerate.strategy != "deepspeed":  # the rest depends on it: one line
+        return [f"accelerate.sequence_parallel_size={sp} needs a DeepSpeed option: add accelerate=zero2 or zero3"]
+    problems = []
+    if world_size % sp:
+        problems.append(f"accelerate.sequence_parallel_size={sp} does not divide the {world_size} launched processes")
+    if num_heads is not None and num_heads % sp:
+        problems.append(f"accelerate.sequence_parallel_size={sp} does not divide the model's {num_heads} attention heads")
+    if kv_heads is not None and kv_heads % sp and sp % kv_heads:
+        problems.append(f"accelerate.sequence_parallel_size={sp} and the model's {kv_heads} key/value heads: one must "
+                        "divide the other")
+    for i, stage in enumerate(cfg.curriculum.stages):
+        if stage.length % sp:
+            problems.append(f"curriculum.stages[{i}].length={stage.length} does not split into {sp} equal sequence shards")
+    if cfg.train.attention != "full":
+        problems.append(f"accelerate.sequence_parallel_size={sp} runs with train.attention=full only (the engine's "
+                        f"all-to-all hands each process a subset of the heads, which train.attention="
+                        f"{cfg.train.attention} does not expect): set train.attention=full or sequence_parallel_size=1")
+    if not cfg.train.packed_attention or cfg.model.attn_implementation != "sdpa":
+        problems.append(f"accelerate.sequence_parallel_size={sp} runs DeepSpeed Ulysses around extend's per-document "
+                        "SDPA: set train.packed_attention=true and model.attn_implementation=sdpa")
     return problems
 
 

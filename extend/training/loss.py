@@ -185,6 +185,15 @@ def resolve_loss(name: str, device: str) -> str:
     return next(n for n in AUTO.get(device, AUTO_DEFAULT) if loss_problem(n, device) is None)
 
 
+def next_token_targets(labels: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) targets aligned with the inputs: position t scores labels[t + 1], the last position nothing.
+
+    Shifting before a row is cut into sequence-parallel shards keeps the target of each shard's last token
+    (the first label of the next shard), which shifting inside each shard would lose."""
+    ignored = torch.full_like(labels[:, :1], IGNORE_INDEX)
+    return torch.cat([shifted_targets(labels, position_ids), ignored], dim=1)
+
+
 def causal_lm_loss_sum(
     hidden: torch.Tensor,
     lm_head: nn.Module,
@@ -198,8 +207,15 @@ def causal_lm_loss_sum(
 
     chunk_size <= 0 computes all logits at once (the reference the chunked path is tested against).
     """
-    targets = shifted_targets(labels, position_ids).reshape(-1)
-    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    return target_loss_sum(hidden, lm_head, next_token_targets(labels, position_ids), chunk_size, loss)
+
+
+def target_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor,
+                    chunk_size: int = 1024, loss: str = "chunked") -> tuple[torch.Tensor, int]:
+    """(sum of cross-entropies, scored tokens) of hidden states (B, T, H) against already aligned targets
+    (B, T) (next_token_targets, or a sequence shard of them); IGNORE_INDEX positions are not scored."""
+    targets = targets.reshape(-1)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
     keep = targets != IGNORE_INDEX
     n_tokens = int(keep.sum())
     hidden, targets = hidden[keep], targets[keep]

@@ -9,8 +9,8 @@ from peft import PeftModel
 from torch import nn
 from transformers.integrations import unset_hf_deepspeed_config
 
-from extend.models.packed_attention import attention_inputs, documents_from_positions
-from extend.training.loss import causal_lm_loss_sum
+from extend.models.packed_attention import attention_inputs
+from extend.training.loss import target_loss_sum
 
 
 def causal_lm_of(model: nn.Module) -> nn.Module:
@@ -31,17 +31,16 @@ class ChunkedCausalLM(nn.Module):
     def causal_lm(self) -> nn.Module:
         return causal_lm_of(self.model)
 
-    def forward(self, input_ids, labels, position_ids, document_ids=None):
-        """Loss sum and token count of packed rows; attention stays inside `document_ids` (each token's
-        document in its row; None: a document starts wherever the position id is 0)."""
+    def forward(self, input_ids, position_ids, targets, document_ids):
+        """(loss sum, scored tokens) of packed rows, or of their sequence shards (train.sequence_parallel_size):
+        `targets` are next-token targets aligned with input_ids (extend/training/loss.py next_token_targets);
+        `document_ids` give each token's document in its WHOLE row, so attention stays inside documents
+        (under sequence parallelism the attention sees the whole row, and reads the whole row's ids)."""
         lm = self.causal_lm
-        if document_ids is None:
-            document_ids = documents_from_positions(position_ids)
         decoder = lm.get_decoder()
         extra = attention_inputs(lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
-        return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size,
-                                  self.loss)
+        return target_loss_sum(hidden, lm.get_output_embeddings(), targets, self.chunk_size, self.loss)
 
 
 def adapted_model(accelerator: Accelerator, wrapped: nn.Module) -> nn.Module:
