@@ -56,7 +56,9 @@ from extend.training.memory import activation_offload, tile_mlps, untile_mlps
 from extend.training.model import ChunkedCausalLM, adapted_model, causal_lm_of, gathered, without_zero3_init
 from extend.training.nodes import PeerWatch, check_shared_folder, several_nodes
 from extend.training.report import StepLog, hardware, peak_memory_gb, write_run_card
-from extend.training.run_config import LOGS, config_fingerprint, finished_export, flat_config, record_config, tracker_for
+from extend.training.run_config import (
+    LOGS, config_fingerprint, finished_export, fingerprinted_config, flat_config, record_config, tracker_for,
+)
 from extend.training.schedule import build_scheduler
 from extend.training.sequence_parallel import SequenceParallel, enable_sequence_parallel
 from extend.validation import check_training, validate_training  # noqa: F401  (check_training: tests, bench)
@@ -219,7 +221,7 @@ def setup_optimizer(cfg: DecoderConfig, model: nn.Module, stages: list[Stage]):
 def setup_state(cfg: DecoderConfig, accelerator: Accelerator) -> tuple[TrainState, Checkpoint | None]:
     """A fresh train state and the newest checkpoint to continue (validation checked it belongs to this run)."""
     state = TrainState(
-        config_fingerprint=config_fingerprint(cfg),
+        config_fingerprint=config_fingerprint(cfg), config=fingerprinted_config(cfg),
         format="deepspeed" if is_deepspeed(accelerator) else "trainable",
         processes=accelerator.num_processes,
         accelerate=cfg.accelerate.name,
@@ -238,7 +240,10 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
         checkpoint.restore_rng()
     run.adapter.load_state(run.adapted, checkpoint.state.adapter_state)
     # The run's own process count and option are recorded from here on (a ddp run may change count).
-    run.state = replace(checkpoint.state, processes=run.state.processes, accelerate=run.state.accelerate)
+    # The current config is recorded too: it computes what the checkpoint's did (resume_problems), but may
+    # name keys added since, and the export's fingerprint is the config that finished the run.
+    run.state = replace(checkpoint.state, processes=run.state.processes, accelerate=run.state.accelerate,
+                        config_fingerprint=run.state.config_fingerprint, config=run.state.config)
     acc.print(f"resumed from {checkpoint.folder} (step {run.state.step})")
 
 

@@ -365,12 +365,12 @@ def _dataset_problems(cfg: DecoderConfig, world: int) -> list[str]:
 def _resume_problems(cfg: DecoderConfig, world: int) -> list[str]:
     """A checkpoint in the run folder that this run could not continue exactly."""
     from extend.training.checkpoint import TrainState, load_latest, resume_problems
-    from extend.training.run_config import config_fingerprint
+    from extend.training.run_config import config_fingerprint, fingerprinted_config
 
     checkpoint = load_latest(Path(cfg.output_dir) / "checkpoints")
     if checkpoint is None:
         return []
-    state = TrainState(config_fingerprint=config_fingerprint(cfg),
+    state = TrainState(config_fingerprint=config_fingerprint(cfg), config=fingerprinted_config(cfg),
                        format="deepspeed" if cfg.accelerate.strategy == "deepspeed" else "trainable",
                        processes=world, accelerate=cfg.accelerate.name)
     return resume_problems(checkpoint, state, cfg.train.resume)

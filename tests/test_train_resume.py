@@ -126,3 +126,54 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
     (root / "step-000004").mkdir()  # no marker: a copy that never finished
     with pytest.warns(UserWarning, match="step-000004"):
         assert [p.name for p in checkpoint_module.complete_checkpoints(root)] == ["step-000002"]
+
+
+def _as_written_before(folder: Path, group: str, key: str) -> None:
+    """Make the checkpoint in `folder` look written by an extend whose config had no `group.key` yet."""
+    import hashlib
+    import json
+
+    state_file = folder / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"][group][key]
+    state["config_fingerprint"] = hashlib.sha256(json.dumps(state["config"], sort_keys=True).encode()).hexdigest()[:16]
+    state_file.write_text(json.dumps(state))
+
+
+def test_resume_after_an_upgrade_that_added_config_keys(make_config, tmp_path):
+    """A checkpoint whose config lacks a key the code has since gained resumes when the key is at its
+    default, to the weights of an uninterrupted run; a key set away from its default, or a changed value, is
+    refused with a line naming the key."""
+    from extend.config import ConfigError
+    from extend.validation import validate_training
+
+    reference = train(make_config(f"output_dir={tmp_path / 'reference'}"))
+    cfg = make_config(f"output_dir={tmp_path / 'upgraded'}", "train.max_steps=3")
+    train(cfg)
+    newest = checkpoint_module.load_latest(Path(cfg.output_dir, "checkpoints"))
+    assert newest.state.step == 2 and newest.state.config["train"]["loss"] == "auto"
+    _as_written_before(newest.folder, "train", "loss")  # as if train.loss did not exist when it was written
+
+    with pytest.raises(ConfigError, match=r"train\.loss: \(not in the checkpoint's config\) -> 'plain'"):
+        validate_training(make_config(f"output_dir={tmp_path / 'upgraded'}", "train.loss=plain"))
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.01 -> 0\.02"):
+        validate_training(make_config(f"output_dir={tmp_path / 'upgraded'}", "train.learning_rate=2e-2"))
+
+    final = train(make_config(f"output_dir={tmp_path / 'upgraded'}"))
+    a, b = weights(reference), weights(final)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_checkpoint_without_a_recorded_config_needs_the_same_fingerprint(make_config, tmp_path):
+    from extend.training.checkpoint import Checkpoint, TrainState, resume_problems
+    from extend.training.run_config import config_fingerprint, fingerprinted_config
+
+    cfg = make_config()
+    current = TrainState(config_fingerprint=config_fingerprint(cfg), config=fingerprinted_config(cfg))
+    old = Checkpoint(tmp_path / "run" / "checkpoints" / "step-000002", TrainState(config_fingerprint="0123456789abcdef"))
+    assert resume_problems(old, current, "auto") == [
+        f"{old.folder} was written by a different config; resume with the same recipe and overrides, or choose "
+        "another run_name"]
+    same = Checkpoint(old.folder, TrainState(config_fingerprint=current.config_fingerprint))
+    assert resume_problems(same, current, "auto") == []

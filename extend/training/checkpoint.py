@@ -5,7 +5,8 @@
         optimizer.pt            optimizer state_dict (tensors only; loaded with weights_only=True)
         scheduler.pt            lr scheduler state_dict
         rng.pt                  python / numpy / torch RNG states, as tensors
-        state.json              step, curriculum stage, rows consumed, tokens seen, config fingerprint,
+        state.json              step, curriculum stage, rows consumed, tokens seen, config fingerprint (and
+                                the fingerprinted config, to tell keys added since from changes),
                                 format and process count
         COMPLETE                written last, before the folder is renamed into place
 
@@ -33,6 +34,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from extend.training.run_config import config_changes
+
 MARKER = "COMPLETE"
 PREFIX = "step-"
 
@@ -48,6 +51,9 @@ class TrainState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     config_fingerprint: str = ""
+    # The fingerprinted config itself (run_config.fingerprinted_config), so a resume after an upgrade that
+    # added config keys can tell those (at their defaults) from a real change.
+    config: dict = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     # How the checkpoint was written: "trainable" (shape-free, any process count) or "deepspeed" (ZeRO
     # shards of `processes` processes, conf/accelerate/ option `accelerate`).
@@ -185,8 +191,12 @@ def resume_problems(checkpoint: Checkpoint, state: TrainState, resume: str) -> l
     if resume == "never":
         return [f"{folder.parent.parent} already has checkpoints; set train.resume=auto or choose another run_name"]
     if found.config_fingerprint != state.config_fingerprint:
-        return [f"{folder} was written by a different config; resume with the same recipe and overrides, "
-                "or choose another run_name"]
+        comparable = bool(found.config and state.config)  # checkpoints before configs were recorded: not
+        changes = config_changes(found.config, state.config) if comparable else []
+        if changes or not comparable:
+            shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+            return [f"{folder} was written by a different config{f' ({shown})' if shown else ''}; resume with the "
+                    "same recipe and overrides, or choose another run_name"]
     if found.format != state.format:
         return [f"{folder} holds a {found.format} checkpoint (accelerate={found.accelerate}); resume with "
                 f"accelerate={found.accelerate}"]

@@ -27,14 +27,45 @@ LOGS = "logs"
 RECORD = ".hydra"
 
 
-def config_fingerprint(cfg: DecoderConfig) -> str:
+def fingerprinted_config(cfg: DecoderConfig) -> dict:
+    """The keys that decide what a run computes, as JSON values: what a checkpoint records of its config."""
     data = asdict(cfg)
     for group in _NOT_FINGERPRINTED_GROUPS:
         data.pop(group)
     for group, keys in _NOT_FINGERPRINTED.items():
         for key in keys:
             data[group].pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+def config_fingerprint(cfg: DecoderConfig) -> str:
+    return hashlib.sha256(json.dumps(fingerprinted_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_changes(recorded: dict, current: dict) -> list[str]:
+    """How `current` (fingerprinted_config) differs from the `recorded` one of a checkpoint, one
+    "key: old -> new" each. A key the recorded config lacks is no change when it holds its default: it was
+    added to extend after the checkpoint was written, and its default is what the run computed before."""
+    defaults = fingerprinted_config(DecoderConfig())
+    changes = []
+
+    def walk(prefix: str, old, new, default) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            default = default if isinstance(default, dict) else {}
+            for key in sorted(set(old) | set(new)):
+                name = f"{prefix}.{key}" if prefix else key
+                if key not in old:
+                    if key not in default or new[key] != default[key]:
+                        changes.append(f"{name}: (not in the checkpoint's config) -> {new[key]!r}")
+                elif key not in new:
+                    changes.append(f"{name}: {old[key]!r} -> (no longer a key)")
+                else:
+                    walk(name, old[key], new[key], default.get(key))
+        elif old != new:
+            changes.append(f"{prefix}: {old!r} -> {new!r}")
+
+    walk("", recorded, current, defaults)
+    return changes
 
 
 def tracker_problems(name: str) -> list[str]:
