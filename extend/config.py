@@ -92,6 +92,11 @@ class RopeConfig:
     # G with (L - w) * G + w >= the extended length) and the neighbour window w kept exact (default L / 4).
     group_size: int | None = None
     neighbor_window: int | None = None
+    # clex: the largest length ratio t trained (default rope.factor), the ODE network's width in multiples of
+    # the rotary dimension (default 1) and the RK4 step in t (default 0.01).
+    t_max: float | None = None
+    ode_hidden_factor: int | None = None
+    ode_step: float | None = None
 
 
 @dataclass
