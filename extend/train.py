@@ -150,8 +150,8 @@ def setup(cfg: DecoderConfig) -> Run:
     loss = resolve_loss(cfg.train.loss, accelerator.device.type)
     if loss != cfg.train.loss:
         accelerator.print(f"train.loss={cfg.train.loss}: {loss} on {accelerator.device.type}")
-    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size, loss),
-                                                        optimizer, scheduler)
+    module = ChunkedCausalLM(model, cfg.train.loss_chunk_size, loss, cfg.train.attention)
+    wrapped, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest,
               Path(cfg.output_dir))
     if checkpoint is not None:

@@ -9,7 +9,8 @@ from peft import PeftModel
 from torch import nn
 from transformers.integrations import unset_hf_deepspeed_config
 
-from extend.models.packed_attention import attention_inputs, documents_from_positions
+from extend.models.packed_attention import documents_from_positions
+from extend.models.training_attention import decoder_inputs
 from extend.training.loss import causal_lm_loss_sum
 
 
@@ -21,25 +22,27 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
 class ChunkedCausalLM(nn.Module):
     """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
 
-    def __init__(self, model: nn.Module, chunk_size: int, loss: str = "chunked"):
+    def __init__(self, model: nn.Module, chunk_size: int, loss: str = "chunked", attention: str = "full"):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.loss = loss  # a name in extend.training.loss.LOSSES (train.loss, resolved for the device)
+        self.attention = attention  # train.attention: what the decoder sees of a row (training_attention.py)
 
     @property
     def causal_lm(self) -> nn.Module:
         return causal_lm_of(self.model)
 
     def forward(self, input_ids, labels, position_ids, document_ids=None):
-        """Loss sum and token count of packed rows; attention stays inside `document_ids` (each token's
-        document in its row; None: a document starts wherever the position id is 0)."""
+        """Loss sum and token count of packed rows; attention keeps `document_ids` apart (each token's document
+        in its row; None: a document starts wherever the position id is 0) as train.attention says. The loss
+        reads the stored position ids whatever the decoder is given."""
         lm = self.causal_lm
         if document_ids is None:
             document_ids = documents_from_positions(position_ids)
         decoder = lm.get_decoder()
-        extra = attention_inputs(lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
+        inputs = decoder_inputs(self.attention, lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
+        hidden = decoder(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
         return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size,
                                   self.loss)
 
