@@ -166,9 +166,9 @@ def _attention_length_problems(cfg: DecoderConfig) -> list[str]:
     found = [f"curriculum.stages[{i}].length={s.length} {p}"
              for i, (s, p) in enumerate(zip(cfg.curriculum.stages, problems)) if p]
     if option is not None and option.row_positions:
-        found += [f"curriculum.stages[{i}].span={s.span} (PoSE) cannot train under train.attention={cfg.train.attention}, "
-                  "which places the row at positions 0..T-1 and would drop PoSE's skipped positions: remove the span "
-                  "or use train.attention=full"
+        found += [f"curriculum.stages[{i}].span={s.span} (PoSE) cannot train under "
+                  f"train.attention={cfg.train.attention}, which places the row at positions 0..T-1 and would drop "
+                  "PoSE's skipped positions: remove the span or use train.attention=full"
                   for i, s in enumerate(cfg.curriculum.stages) if s.span is not None]
     return found
 

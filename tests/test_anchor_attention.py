@@ -71,7 +71,8 @@ def _packed_and_alone(model, ids, stored):
     spans = list(zip(starts, starts[1:]))
 
     model.zero_grad()  # `model` runs anchor attention (anchor_model)
-    logits = model(input_ids=ids, use_cache=False, **decoder_inputs("anchor", model, stored, DOCUMENTS, torch.float32)).logits
+    inputs = decoder_inputs("anchor", model, stored, DOCUMENTS, torch.float32)
+    logits = model(input_ids=ids, use_cache=False, **inputs).logits
     logits.square().mean().backward()
     packed = logits.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -133,7 +134,8 @@ def test_no_tokens_loss_depends_on_another_documents_tokens_but_the_anchor(posit
         hook = embeddings.register_forward_hook(keep)
         labels = torch.full((1, length), -100)
         a, b = starts[doc], starts[doc + 1]
-        labels[0, a + 1 : b] = torch.randint(0, 300, (b - a - 1,), generator=torch.Generator().manual_seed(doc))  # targets inside the document
+        # Targets inside the document only (the loss's own boundary rule is not under test here).
+        labels[0, a + 1 : b] = torch.randint(0, 300, (b - a - 1,), generator=torch.Generator().manual_seed(doc))
         loss, _ = ChunkedCausalLM(model, 0, attention=attention)(torch.randint(0, 300, (1, length)), labels, stored,
                                                                    DOCUMENTS)
         hook.remove()

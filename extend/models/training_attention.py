@@ -29,8 +29,9 @@ from extend.models.anchor_attention import ANCHOR_SDPA
 from extend.models.packed_attention import PACKED_SDPA, attention_inputs
 from extend.models.s2_attention import S2_SDPA, register_s2
 
-# Kernels S²-Attn may stand in for: they compute plain softmax attention, as S²-Attn's SDPA does. Others
-# (entropy-aware ABF's query-scaling kernels) change what attention computes and would be silently dropped.
+# Kernels S²-Attn and AnchorAttention may stand in for: they compute plain softmax attention, as their SDPA
+# does. Others (entropy-aware ABF's query-scaling kernels) change what attention computes and would be
+# silently dropped.
 PLAIN_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 

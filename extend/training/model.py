@@ -41,7 +41,8 @@ class ChunkedCausalLM(nn.Module):
         if document_ids is None:
             document_ids = documents_from_positions(position_ids)
         decoder = lm.get_decoder()
-        inputs = decoder_inputs(self.attention, lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
+        dtype = decoder.get_input_embeddings().weight.dtype
+        inputs = decoder_inputs(self.attention, lm, position_ids, document_ids, dtype)
         hidden = decoder(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
         return causal_lm_loss_sum(hidden, lm.get_output_embeddings(), labels, position_ids, self.chunk_size,
                                   self.loss)
