@@ -92,6 +92,11 @@ class RopeConfig:
     # G with (L - w) * G + w >= the extended length) and the neighbour window w kept exact (default L / 4).
     group_size: int | None = None
     neighbor_window: int | None = None
+    # clex: the largest length ratio t trained (default rope.factor), the ODE network's width in multiples of
+    # the rotary dimension (default 1) and the RK4 step in t (default 0.01).
+    t_max: float | None = None
+    ode_hidden_factor: int | None = None
+    ode_step: float | None = None
 
 
 @dataclass
@@ -151,9 +156,11 @@ class TrainConfig:
     # SDPA with a block-diagonal mask, whose memory is quadratic in the row length. Only where the model runs
     # plain sdpa; the export keeps model.attn_implementation.
     packed_attention: bool = True
-    # Training-time attention (extend/models/training_attention.py): full (the above) or s2, LongLoRA's shifted
+    # Training-time attention (extend/models/training_attention.py): full (the above); s2, LongLoRA's shifted
     # sparse attention (groups of s2_group_fraction x the row length, half of the heads shifted by half a
-    # group; documents stay apart). Exports and evaluation always use full attention.
+    # group; documents stay apart); cross_document (the row as one causal sequence at positions 0..T-1) or
+    # anchor (AnchorAttention: positions 0..T-1, documents apart, the row's first token visible to all).
+    # Exports and evaluation always use full attention.
     attention: str = "full"
     # S²-Attn's group size G as a fraction of the row length: 1/n for n whole groups (LongLoRA: 1/4).
     s2_group_fraction: float = 0.25

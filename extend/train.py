@@ -46,6 +46,7 @@ from extend.models import load_base_config, load_base_model, save_extended, set_
 from extend.models.training_attention import restore_attention, use_training_attention
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, resolve_rope
+from extend.rope.clex import export_clex, train_ode
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import (
     Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
@@ -155,8 +156,8 @@ def setup(cfg: DecoderConfig) -> Run:
     loss = resolve_loss(cfg.train.loss, accelerator.device.type)
     if loss != cfg.train.loss:
         accelerator.print(f"train.loss={cfg.train.loss}: {loss} on {accelerator.device.type}")
-    wrapped, optimizer, scheduler = accelerator.prepare(ChunkedCausalLM(model, cfg.train.loss_chunk_size, loss),
-                                                        optimizer, scheduler)
+    module = ChunkedCausalLM(model, cfg.train.loss_chunk_size, loss, cfg.train.attention)
+    wrapped, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     run = Run(cfg, accelerator, tokenizer, adapter, wrapped, optimizer, scheduler, stages, state, model_config, manifest,
               Path(cfg.output_dir), sp)
     if checkpoint is not None:
@@ -201,6 +202,7 @@ def setup_model(cfg: DecoderConfig, accelerator: Accelerator, model_config: PreT
     model = load_base_model(cfg.model, model_config, seed=cfg.seed, quantize=cfg.adapter.quantize)
     use_training_attention(model, cfg.train)
     model = adapter.attach(model)
+    train_ode(model)  # CLEX's ODE trains under every adapter (none for other methods)
     if cfg.train.gradient_checkpointing:
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.tiled_mlp:
@@ -398,6 +400,7 @@ def trained_model(run: Run) -> nn.Module | None:
     if acc.is_main_process:
         with without_zero3_init(acc):
             model = run.adapter.attach(load_base_model(run.cfg.model, run.model_config, seed=run.cfg.seed))
+            train_ode(model)
     targets = dict(model.named_parameters()) if model is not None else {}
     trained = [(name, p) for name, p in run.adapted.named_parameters() if p.requires_grad]
     if model is not None and {n for n, _ in trained} != {n for n, p in targets.items() if p.requires_grad}:
@@ -433,6 +436,7 @@ def export(run: Run) -> Path:
         else:
             merged = run.adapter.merged(inner)
         restore_attention(merged)
+        export_clex(merged, trained=inner)  # CLEX: longrope factors + the ODE's weights into config.json
         save_extended(merged, run.tokenizer, tmp)
         write_run_card(tmp, run_card(run, adapter_card))
         shutil.rmtree(final, ignore_errors=True)

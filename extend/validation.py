@@ -157,13 +157,20 @@ def _attention_value_problems(t: TrainConfig) -> list[str]:
 
 
 def _attention_length_problems(cfg: DecoderConfig) -> list[str]:
-    """Stage lengths the training attention cannot cut (S²-Attn: into whole groups)."""
+    """Stages the training attention cannot train: lengths it cannot cut (S²-Attn: into whole groups), PoSE
+    spans under an option that places the row at positions 0..T-1 (cross_document, anchor)."""
     from extend.models.training_attention import TRAINING_ATTENTION
 
     option = TRAINING_ATTENTION.get(cfg.train.attention)
     problems = [option and option.length_problem(cfg.train, s.length) for s in cfg.curriculum.stages]
-    return [f"curriculum.stages[{i}].length={s.length} {p}"
-            for i, (s, p) in enumerate(zip(cfg.curriculum.stages, problems)) if p]
+    found = [f"curriculum.stages[{i}].length={s.length} {p}"
+             for i, (s, p) in enumerate(zip(cfg.curriculum.stages, problems)) if p]
+    if option is not None and option.row_positions:
+        found += [f"curriculum.stages[{i}].span={s.span} (PoSE) cannot train under "
+                  f"train.attention={cfg.train.attention}, which places the row at positions 0..T-1 and would drop "
+                  "PoSE's skipped positions: remove the span or use train.attention=full"
+                  for i, s in enumerate(cfg.curriculum.stages) if s.span is not None]
+    return found
 
 
 def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None) -> list[str]:

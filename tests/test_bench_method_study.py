@@ -38,3 +38,15 @@ def test_method_study_runs_at_minimal_size(tmp_path, capsys):
     table = (tmp_path / "study" / "table.md").read_text()
     assert "| self_extend | no training |" in table and "| self_extend | fine-tuned" not in table
     assert "| yarn | fine-tuned (2 seeds) |" in table  # the earlier methods are kept, not rerun
+
+    # Training options (--attention, --precision) add fine-tuned rows, without a training-free one, beside the rest.
+    options = bench.main(["--methods", "linear", "self_extend", "--seeds", "0", "--attention", "anchor", "--add",
+                          "--out", str(tmp_path / "study"), "--", *small])
+    assert set(options) == {"linear · anchor · no"}  # an inference method has no fine-tuned row to add
+    assert options["linear · anchor · no"]["no_training"] is None
+    saved = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert set(saved["results"]) == {"linear", "yarn", "self_extend", "linear · anchor · no"}
+    assert saved["commands"][-1].endswith("--attention anchor --precision no -- " + " ".join(small) + " --add")
+    table = (tmp_path / "study" / "table.md").read_text()
+    assert "| linear · anchor · no | fine-tuned (1 seed) |" in table and "| linear · anchor · no | no training" not in table
+    assert "| linear | fine-tuned (2 seeds) |" in table

@@ -21,8 +21,8 @@ LAYERS: list[tuple[set[str], str]] = [
     ({"commands"}, "the `extend` command: verb table and help; runs each program by module name, imports none"),
     ({"cli"}, "Hydra composition of conf/ into the typed config"),
     ({"corpus", "tasks"}, "text without a model: the built-in stdlib corpus, synthetic long-context tasks"),
-    ({"rope"}, "position methods: registry, frequencies, portable export, the entropy_abf, lm_infinite and self_extend registrations"),
-    ({"models"}, "loading, tokenizer, presets, packed and S²-Attn training attention, saving an extended model"),
+    ({"rope"}, "position methods: registry, frequencies, portable export, the entropy_abf, lm_infinite and self_extend registrations, CLEX's ODE"),
+    ({"models"}, "loading (attaching CLEX's ODE), tokenizer, presets, the training attentions (packed, S²-Attn, anchor), saving an extended model"),
     ({"adapters", "data"}, "LoRA/LoFiT/full adapters; data preparation (sources, tokenize, pack, curriculum)"),
     ({"__init__"}, "the package root: `import extend` registers entropy_abf with transformers and the dataset-folder resolver"),
     ({"training"}, "the training loop's pieces: batches, loss, schedule, checkpoints, distributed, sequence "

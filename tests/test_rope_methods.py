@@ -13,6 +13,7 @@ from extend.config import RopeConfig
 from extend.rope import METHODS, apply_rope, resolve_rope
 from extend.rope.methods import (
     AbfParams,
+    ClexParams,
     EntropyAbfParams,
     Llama3Params,
     LongRopeParams,
@@ -126,6 +127,7 @@ def test_outputs_are_float32():
             "truncated": TruncatedParams(2.0, 64, 8.0),
             "yarn": YarnParams(2.0, 64),
             "llama3": Llama3Params(2.0, 64),
+            "clex": ClexParams(2.0, 64),
         }.get(name, ScaleParams(2.0, 64))
         inv, att = method.inv_freq(16, 1e4, params)
         assert inv.dtype == torch.float32 and inv.shape == (8,) and isinstance(att, float), name

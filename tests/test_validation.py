@@ -47,6 +47,9 @@ CASES = [
     ("train", [*TINY, "rope.type=spiral"], ("rope.type='spiral'", "yarn")),
     ("train", [*TINY, "rope.factor=0.5"], ("rope.factor=0.5", ">= 1")),
     ("train", [*TINY, "rope=yarnn"], ("rope=yarnn", "yarn")),
+    ("train", [*TINY, "rope=clex", "rope.factor=8", "rope.t_max=1"], ("rope.t_max=1", "> 1")),
+    ("train", [*TINY, "rope=clex", "rope.factor=8", "rope.ode_step=0"], ("rope.ode_step=0", "(0, 1]")),
+    ("train", [*TINY, "rope=clex", "rope.factor=8", "rope.ode_hidden_factor=0"], ("rope.ode_hidden_factor=0", ">= 1")),
     ("train", [*TINY, "rope=lm_infinite"], ("rope.type=lm_infinite", "extend.eval")),
     ("train", [*TINY, "rope=lm_infinite", "rope.global_tokens=-1"], ("rope.global_tokens=-1", ">= 0")),
     ("train", [*TINY, "rope=lm_infinite", "rope.local_window=0"], ("rope.local_window=0", "> 0")),
@@ -70,6 +73,15 @@ CASES = [
     ("train", [*TINY, "data.num_shards=2", "data.shard_index=5"], ("data.shard_index=5", "0..1")),
     ("train", [*TINY, "seed=-1"], ("seed=-1", ">= 0")),
     ("train", [*TINY, "train.attention=s3"], ("train.attention='s3'", "s2")),
+    ("train", [*TINY, "train.attention=anchr"], ("train.attention='anchr'", "anchor")),
+    # AnchorAttention is plain softmax attention: it cannot replace entropy-aware ABF's query-scaling kernel.
+    ("train", [*TINY, "rope=entropy_abf", "rope.factor=8", "train.attention=anchor"],
+     ("train.attention=anchor", "train.attention=full")),
+    # Positions 0..T-1 across the row would drop PoSE's skipped positions.
+    ("train", [*TINY, "curriculum.stages.0.span=1024", "train.attention=anchor"],
+     ("curriculum.stages[0].span=1024", "train.attention=full")),
+    ("train", [*TINY, "curriculum.stages.0.span=1024", "train.attention=cross_document"],
+     ("curriculum.stages[0].span=1024", "train.attention=full")),
     # S²-Attn at 1/1024 of the row: the 512-token stage does not split into 1,024 groups (the 1,024 one does).
     ("train", [*TINY, "train.attention=s2", "train.s2_group_fraction=0.0009765625"],
      ("curriculum.stages[0].length=512", "multiple of 1024")),

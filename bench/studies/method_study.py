@@ -1,6 +1,7 @@
 """Every position method on the tiny base, training-free and after the same short fine-tune, over seeds.
 
     python -m bench.studies.method_study [--methods linear yarn ...] [--seeds 0 1 2] [--factor 8] [--out DIR]
+                                 [--attention full cross_document anchor] [--precision no bf16] [--add]
                                  [-- extra Hydra overrides]
 
 For each method (conf/rope/<method>.yaml with rope.factor=--factor, its other parameters at their
@@ -20,6 +21,10 @@ DIR/method_study.png (rewritten after every method, so an interrupted study keep
 prints the table. Every method's config is validated before anything runs. Extra overrides after `--` go to
 every run (e.g. to shrink it). `--add` keeps the methods DIR/results.json already holds and adds (or replaces)
 the ones run now, so new methods join the table without rerunning the others; table.md then lists each command.
+
+With `--attention` (train.attention options) and `--precision` (train.mixed_precision values), each method is
+fine-tuned once per combination instead, in rows "METHOD · ATTENTION · PRECISION" without a training-free row
+(the options only change training); `--add` keeps the study's other rows beside them.
 """
 
 from __future__ import annotations
@@ -37,14 +42,21 @@ from extend.config import CONF_DIR, REPO_ROOT, ExtendConfig
 from extend.eval import run_eval
 from extend.config import ConfigError
 from extend.models import load_base_config
+from extend.models.training_attention import TRAINING_ATTENTION
 from extend.rope import METHODS, resolve_rope
 from extend.train import train
+from extend.validation import MIXED_PRECISION
 
 TASKS = ("perplexity", "passkey")
 # Methods that need more than a factor (LongRoPE's searched per-dimension factors) are opt-in.
 DEFAULT_METHODS = [m for m in METHODS if m != "longrope"]
 # Parameters a method needs besides the factor, for the tiny base's 128 trained tokens.
-METHOD_OVERRIDES = {"truncated": ["rope.truncation_length=16"]}  # the original length / 8, as conf/rope suggests
+METHOD_OVERRIDES = {
+    "truncated": ["rope.truncation_length=16"],  # the original length / 8, as conf/rope suggests
+    # RK4 in steps of 0.1 in t (not 0.01): 10x fewer ODE evaluations per training step on a CPU; it moves the
+    # untrained ODE's frequencies by 3e-6 relative (tests/test_rope_clex.py compares with the closed form).
+    "clex": ["rope.ode_step=0.1"],
+}
 # The study's fine-tune: recipe=tiny's curriculum (conf/curriculum/tiny.yaml) at half the steps.
 STUDY_CURRICULUM = "curriculum.stages=[{length: 512, steps: 20}, {length: 1024, steps: 80}]"
 
@@ -83,12 +95,21 @@ def no_training(method: str, factor: float, out: Path, extra: list[str]) -> dict
     return by_length(run_eval(cfg))
 
 
-def fine_tuned(method: str, factor: float, seed: int, root: Path, extra: list[str]) -> dict[str, dict[int, float]]:
-    run = root / f"{method}-seed{seed}"
+def row_name(method: str, attention: str | None, precision: str | None) -> str:
+    """The method's own name for the plain fine-tune; with training options, METHOD · ATTENTION · PRECISION."""
+    return method if attention is None else f"{method} · {attention} · {precision}"
+
+
+def fine_tuned(method: str, factor: float, seed: int, root: Path, extra: list[str], attention: str | None = None,
+               precision: str | None = None) -> dict[str, dict[int, float]]:
+    name = row_name(method, attention, precision).replace(" · ", "-")
+    options = [] if attention is None else [f"train.attention={attention}", f"train.mixed_precision={precision}"]
+    run = root / f"{name}-seed{seed}"
     cfg = composed("recipe=tiny", *rope_overrides(method, factor), f"seed={seed}", f"data.seed={seed}",
-                   f"data.output_dir={root / f'data-seed{seed}'}", f"output_dir={run}", f"run_name={method}-seed{seed}",
-                   "eval.comparisons=[]", f"eval.name='{method} x{factor:g} fine-tuned (seed {seed})'",
-                   "train.checkpoint_every=0", "train.tracker=none", STUDY_CURRICULUM, *extra)
+                   f"data.output_dir={root / f'data-seed{seed}'}", f"output_dir={run}", f"run_name={name}-seed{seed}",
+                   "eval.comparisons=[]",
+                   f"eval.name='{row_name(method, attention, precision)} x{factor:g} fine-tuned (seed {seed})'",
+                   "train.checkpoint_every=0", "train.tracker=none", STUDY_CURRICULUM, *options, *extra)
     final = train(cfg)
     return by_length(json.loads((final / "eval" / "after_training" / "eval.json").read_text()))
 
@@ -105,8 +126,9 @@ def table(results: dict, lengths: list[int]) -> str:
     lines = [f"| method | variant | perplexity @ {head} | passkey @ {head} |", "|---|---|---|---|"]
     for method, r in results.items():
         free = r["no_training"]
-        lines.append(f"| {method} | no training | " + " / ".join(f"{free['perplexity'][n]:.1f}" for n in lengths)
-                     + " | " + " / ".join(f"{free['passkey'][n]:.0%}" for n in lengths) + " |")
+        if free is not None:  # None: a row of training options, fine-tuned only
+            lines.append(f"| {method} | no training | " + " / ".join(f"{free['perplexity'][n]:.1f}" for n in lengths)
+                         + " | " + " / ".join(f"{free['passkey'][n]:.0%}" for n in lengths) + " |")
         cells = {task: [] for task in TASKS}
         for task in TASKS:
             for n in lengths:
@@ -130,13 +152,14 @@ def plot(results: dict, lengths: list[int], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, task in zip(axes, TASKS):
         for method, r in results.items():
-            free = [r["no_training"][task][n] for n in lengths]
+            free = None if r["no_training"] is None else [r["no_training"][task][n] for n in lengths]
             if not r["fine_tuned"]:  # training-free only
                 ax.plot(lengths, free, linestyle=":", marker="x", label=f"{method} (training-free only)")
                 continue
             means = [summarise([run[task][n] for run in r["fine_tuned"].values()]) for n in lengths]
             line = ax.errorbar(lengths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", label=method)
-            ax.plot(lengths, free, linestyle=":", color=line[0].get_color())
+            if free is not None:
+                ax.plot(lengths, free, linestyle=":", color=line[0].get_color())
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.set_xlabel("tokens")
@@ -155,6 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--factor", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "method_study")
+    parser.add_argument("--attention", nargs="+", choices=list(TRAINING_ATTENTION),
+                        help="train.attention options to fine-tune with (rows METHOD · ATTENTION · PRECISION)")
+    parser.add_argument("--precision", nargs="+", default=["no"], choices=list(MIXED_PRECISION),
+                        help="train.mixed_precision values to fine-tune with (with --attention)")
     parser.add_argument("--add", action="store_true",
                         help="keep the methods in OUT/results.json and add (or replace) the ones run now")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
@@ -164,20 +191,29 @@ def main(argv: list[str] | None = None) -> dict:
     runs = opts.out / "runs"
     command = "python -m bench.studies.method_study " + " ".join(
         [f"--methods {' '.join(opts.methods)}", f"--seeds {' '.join(map(str, opts.seeds))}", f"--factor {opts.factor:g}"]
+        + ([f"--attention {' '.join(opts.attention)} --precision {' '.join(opts.precision)}"] if opts.attention else [])
         + (["--", *opts.extra] if opts.extra else []))
+    # The rows this command writes: each method's own (training-free and fine-tuned), or with --attention one
+    # fine-tuned row per (method, option, precision); training-free inference methods have none of the latter.
+    variants = [(a, p) for a in opts.attention for p in opts.precision] if opts.attention else [(None, None)]
+    rows = [(m, a, p) for m in opts.methods for a, p in variants if a is None or not METHODS[m].inference_only]
     earlier, commands = {}, []
     if opts.add and (opts.out / "results.json").is_file():
         saved = json.loads((opts.out / "results.json").read_text())
         commands = saved.get("commands") or [saved["command"]]
-        earlier = {m: _int_keys(r) for m, r in saved["results"].items() if m not in opts.methods}
+        names = {row_name(*row) for row in rows}
+        earlier = {m: _int_keys(r) for m, r in saved["results"].items() if m not in names}
     command += " --add" if opts.add else ""
-    results = {}
-    for method in opts.methods:
-        print(f"== {method}", flush=True)
-        results[method] = {
-            "no_training": no_training(method, opts.factor, runs / f"{method}-no-training", opts.extra),
+    results, text = {}, ""
+    for method, attention, precision in rows:
+        name = row_name(method, attention, precision)
+        print(f"== {name}", flush=True)
+        results[name] = {
+            "no_training": None if attention is not None else
+                           no_training(method, opts.factor, runs / f"{method}-no-training", opts.extra),
             "fine_tuned": {} if METHODS[method].inference_only else
-                          {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra) for seed in opts.seeds},
+                          {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra, attention, precision)
+                           for seed in opts.seeds},
         }
         text = write({**earlier, **results}, commands + [command], opts.out)
     print(text)
@@ -186,14 +222,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _int_keys(result: dict) -> dict:
     """A method's results as read back from JSON, whose keys are strings: lengths and seeds as ints again."""
-    lengths = lambda by_task: {task: {int(n): v for n, v in values.items()} for task, values in by_task.items()}
+    lengths = lambda by_task: None if by_task is None else \
+        {task: {int(n): v for n, v in values.items()} for task, values in by_task.items()}
     return {"no_training": lengths(result["no_training"]),
             "fine_tuned": {int(seed): lengths(run) for seed, run in result["fine_tuned"].items()}}
 
 
 def write(results: dict, commands: list[str], out: Path) -> str:
     """results.json, table.md and the plot for what has been measured so far; returns the table."""
-    lengths = sorted(next(iter(results.values()))["no_training"]["perplexity"])
+    first = next(iter(results.values()))
+    lengths = sorted((first["no_training"] or next(iter(first["fine_tuned"].values())))["perplexity"])
     text = table(results, lengths)
     record = {"command": commands[0], "commands": commands, "results": results} if len(commands) > 1 else \
         {"command": commands[0], "results": results}

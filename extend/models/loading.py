@@ -11,6 +11,7 @@ from extend.config import ConfigError, ModelConfig
 from extend.models import tiny_base
 from extend.models.placement import Placement
 from extend.models.presets import PRESETS
+from extend.rope.clex import attach_clex
 from extend.rope.entropy import entropy_attention_name, uses_entropy_abf
 from extend.rope.remapped import ATTENTION_NAME as REMAPPED_ATTENTION
 from extend.rope.remapped import uses_remapped_attention
@@ -97,7 +98,7 @@ def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0,
         built = build_random(config, model.attn_implementation, seed=seed, dtype=dtype)
         # A preset is built in memory: it goes whole to the placement's first device.
         return built if placement is None else built.to(placement.device)
-    return AutoModelForCausalLM.from_pretrained(
+    return with_position_modules(AutoModelForCausalLM.from_pretrained(
         model_location(model),
         config=config,
         dtype=dtype,
@@ -106,7 +107,7 @@ def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0,
         attn_implementation=attention_for(config, model.attn_implementation),
         quantization_config=quantization_config(quantize, dtype) if quantize else None,
         **(placement.load_kwargs() if placement is not None else {}),
-    )
+    ))
 
 
 def attention_for(config: PreTrainedConfig, requested: str) -> str:
@@ -117,19 +118,27 @@ def attention_for(config: PreTrainedConfig, requested: str) -> str:
     return entropy_attention_name(requested) if uses_entropy_abf(config) else requested
 
 
+def with_position_modules(model: PreTrainedModel) -> PreTrainedModel:
+    """`model` with the modules its position method keeps beside the weights, read from its config as
+    `attention_for` reads the attention it needs: CLEX's ODE (extend/rope/clex.py), which computes the rotary
+    frequencies from the input's length. Every loader here calls it; other models come back unchanged."""
+    attach_clex(model)
+    return model
+
+
 def build_random(config: PreTrainedConfig, attn_implementation: str = "sdpa", seed: int = 0,
                  dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A randomly initialised causal LM for `config` (tests, presets, the tiny base before training)."""
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(
+    return with_position_modules(AutoModelForCausalLM.from_config(
         config, attn_implementation=attention_for(config, attn_implementation), dtype=dtype
-    )
+    ))
 
 
 def load_pretrained(path: str | Path, attn_implementation: str = "sdpa", **kwargs) -> PreTrainedModel:
     """from_pretrained that also loads checkpoints whose method needs extend's attention (entropy_abf,
-    lm_infinite, self_extend)."""
+    lm_infinite, self_extend) or extend's modules (clex: the trained ODE, frequencies continuous in the length)."""
     config = AutoConfig.from_pretrained(str(path))
-    return AutoModelForCausalLM.from_pretrained(
+    return with_position_modules(AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation=attention_for(config, attn_implementation), **kwargs
-    )
+    ))

@@ -127,6 +127,22 @@ class SelfExtendParams(ScaleParams):
         return (self.original_max_position_embeddings - window) * self.effective_group_size + window
 
 
+@dataclass(frozen=True)
+class ClexParams(ScaleParams):
+    """CLEX (Chen et al., ICLR 2024): frequencies from a neural ODE in t = length / L (extend/rope/clex.py)."""
+
+    # Largest length ratio t trained (and the frequencies used beyond it); None = the factor.
+    t_max: float | None = None
+    # The ODE network's hidden width, in multiples of the rotary dimension.
+    ode_hidden_factor: int = 1
+    # The RK4 step in t.
+    ode_step: float = 0.01
+
+    @property
+    def effective_t_max(self) -> float:
+        return self.factor if self.t_max is None else self.t_max
+
+
 def default_inv_freq(dim: int, base: float) -> torch.Tensor:
     """theta_i = b^(-2i/d) in float64 (Su et al., 2021)."""
     exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim

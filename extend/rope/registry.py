@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from extend.rope import export, methods
+from extend.rope import clex, export, methods
 from extend.rope.methods import (
     AbfParams,
+    ClexParams,
     EntropyAbfParams,
     Llama3Params,
     LmInfiniteParams,
@@ -83,6 +84,7 @@ PARAMETER_HINTS = {
     "truncation_length": "T in tokens, e.g. the original length / 8",
     "short_factor": "head_dim / 2 per-dimension factors",
     "long_factor": "head_dim / 2 per-dimension factors",
+    "t_max": "the largest length ratio trained, e.g. 8",
 }
 
 # Checks. `factor` and `original_max_position_embeddings` are checked for every method in apply.py; a
@@ -234,6 +236,27 @@ def self_extend_notes(p: SelfExtendParams, extended_length: int) -> list[str]:
     ]
 
 
+def check_clex(p: ClexParams, geometry: ModelGeometry | None) -> list[str]:
+    problems = []
+    if not p.effective_t_max > 1:
+        problems.append(f"rope.t_max={p.effective_t_max} must be > 1 (the largest length ratio trained; it defaults to "
+                        "rope.factor): set rope.t_max or a rope.factor above 1")
+    if p.ode_hidden_factor < 1:
+        problems.append(f"rope.ode_hidden_factor={p.ode_hidden_factor} must be >= 1: the ODE network's width in "
+                        "multiples of the rotary dimension, e.g. 1")
+    if not 0 < p.ode_step <= 1:
+        problems.append(f"rope.ode_step={p.ode_step} must lie in (0, 1]: the RK4 step in t, e.g. 0.01")
+    return problems
+
+
+def clex_notes(p: ClexParams, extended_length: int) -> list[str]:
+    return [
+        f"  frequencies from a neural ODE in t = length / {p.original_max_position_embeddings}, trained with t drawn "
+        f"in [1, {p.effective_t_max:g}]; untrained it is NTK scaling with alpha = 2t - 1",
+        "  stock loaders read longrope factors at the export's factor; `import extend` rebuilds the continuous form",
+    ]
+
+
 METHODS: dict[str, PositionMethod] = {
     m.name: m
     for m in (
@@ -265,6 +288,9 @@ METHODS: dict[str, PositionMethod] = {
         PositionMethod("self_extend", SelfExtendParams, methods.unchanged_inv_freq, export.self_extend_export,
                        check_self_extend, "SelfExtend: exact neighbours + grouped distant positions (training-free)",
                        notes=self_extend_notes, inference_only=True),
+        PositionMethod("clex", ClexParams, clex.initial_inv_freq, export.as_longrope_export(clex.initial_inv_freq),
+                       check_clex, "CLEX: frequencies from a neural ODE in the length ratio", dynamic=True,
+                       notes=clex_notes),
     )
 }
 

@@ -9,7 +9,7 @@ from peft import PeftModel
 from torch import nn
 from transformers.integrations import unset_hf_deepspeed_config
 
-from extend.models.packed_attention import attention_inputs
+from extend.models.training_attention import decoder_inputs
 from extend.training.loss import target_loss_sum
 
 
@@ -21,25 +21,28 @@ def causal_lm_of(model: nn.Module) -> nn.Module:
 class ChunkedCausalLM(nn.Module):
     """The model plus a loss that never builds full-sequence logits; what accelerate wraps for DDP."""
 
-    def __init__(self, model: nn.Module, chunk_size: int, loss: str = "chunked"):
+    def __init__(self, model: nn.Module, chunk_size: int, loss: str = "chunked", attention: str = "full"):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.loss = loss  # a name in extend.training.loss.LOSSES (train.loss, resolved for the device)
+        self.attention = attention  # train.attention: what the decoder sees of a row (training_attention.py)
 
     @property
     def causal_lm(self) -> nn.Module:
         return causal_lm_of(self.model)
 
     def forward(self, input_ids, position_ids, targets, document_ids):
-        """(loss sum, scored tokens) of packed rows, or of their sequence shards (train.sequence_parallel_size):
-        `targets` are next-token targets aligned with input_ids (extend/training/loss.py next_token_targets);
-        `document_ids` give each token's document in its WHOLE row, so attention stays inside documents
-        (under sequence parallelism the attention sees the whole row, and reads the whole row's ids)."""
+        """(loss sum, scored tokens) of packed rows, or of their sequence shards (train.sequence_parallel_size).
+        `targets`: next-token targets aligned with input_ids, from the stored position ids (extend/training/
+        loss.py next_token_targets), whatever positions the decoder is given; `document_ids`: each token's
+        document in its WHOLE row, kept apart as train.attention says (under sequence parallelism the attention
+        sees the whole row, and reads the whole row's ids)."""
         lm = self.causal_lm
         decoder = lm.get_decoder()
-        extra = attention_inputs(lm, position_ids, document_ids, decoder.get_input_embeddings().weight.dtype)
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
+        dtype = decoder.get_input_embeddings().weight.dtype
+        inputs = decoder_inputs(self.attention, lm, position_ids, document_ids, dtype)
+        hidden = decoder(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
         return target_loss_sum(hidden, lm.get_output_embeddings(), targets, self.chunk_size, self.loss)
 
 
