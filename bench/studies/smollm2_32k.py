@@ -2,6 +2,7 @@
 
     nice python -m bench.studies.smollm2_32k --finetuned outputs/smollm2_32k/final   # every cell, resumable
     python -m bench.studies.smollm2_32k --table-only                                    # the table of what is done
+    python -m bench.studies.smollm2_32k --lm-eval outputs/smollm2_32k/final             # lm-eval reads the export
 
 Every (model, task, length) is one cell, evaluated through `extend.eval.run_eval` into its own folder under
 --out (eval.json, report.md) and skipped when that folder already holds a result, so an interrupted study
@@ -19,7 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -27,8 +32,9 @@ from hydra import compose, initialize_config_dir
 
 from bench.lib.paths import RESULTS, scrub_folder
 from bench.studies.eval_smollm2 import convert_smollm2
-from extend.config import CONF_DIR
+from extend.config import CONF_DIR, PerplexityDataConfig
 from extend.eval import run_eval
+from extend.eval.texts import stdlib_heldout
 
 LENGTHS = (8192, 16384, 32768)
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -78,6 +84,51 @@ def run_cell(model: str, path: str, tokenizer: str, task: str, length: int, root
     return result
 
 
+# lm-eval's rolling log-likelihood over one held-out document, as a task of its own (no Hub dataset).
+LM_EVAL_TASK = """\
+task: extend_heldout_perplexity
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: bits_per_byte
+"""
+LM_EVAL_TOKENS = 16384  # the document lm-eval scores: the start of the perplexity text, past the base's 8,192
+
+
+def lm_eval_export(export: str, root: Path) -> dict:
+    """Run `lm_eval --model hf` on the export as a user would (max_length 32,768, one process, CPU) over the
+    first LM_EVAL_TOKENS tokens of the held-out perplexity text; its results JSON goes to root/lm_eval/."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    text = stdlib_heldout(PerplexityDataConfig(max_documents=1))[0]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:LM_EVAL_TOKENS]
+    out = root / "lm_eval"
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks = Path(tmp)
+        (tasks / "doc.jsonl").write_text(json.dumps({"text": tokenizer.decode(ids)}) + "\n")
+        (tasks / "task.yaml").write_text(LM_EVAL_TASK.format(data=tasks / "doc.jsonl"))
+        start = time.time()
+        subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf",
+                        "--model_args", f"pretrained={export},max_length=32768,dtype=float32",
+                        "--tasks", "extend_heldout_perplexity", "--include_path", str(tasks), "--device", "cpu",
+                        "--batch_size", "1", "--output_path", str(tasks / "out")], check=True)
+        found = json.loads(next((tasks / "out").rglob("results*.json")).read_text())
+    summary = {"export": export, "document_tokens": len(ids), "max_length": 32768,
+               "seconds": round(time.time() - start), "lm_eval_version": version("lm_eval"),
+               "results": found["results"]["extend_heldout_perplexity"]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def value(root: Path, model: str, task: str, length: int) -> str:
     done = root / model / f"{task}_{length}" / "eval.json"
     if not done.exists():
@@ -104,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS / "smollm2_32k")
     parser.add_argument("--table-only", action="store_true", help="print the table of finished cells")
+    parser.add_argument("--lm-eval", metavar="EXPORT", help="only run lm-eval on this export (results in OUT/lm_eval/)")
     args = parser.parse_args(argv)
+    if args.lm_eval:
+        print(json.dumps(lm_eval_export(args.lm_eval, args.out), indent=2))
+        return
     models = args.models or [m for m in MODELS if m != "finetuned" or args.finetuned]
     if "finetuned" in models and not args.finetuned:
         parser.error("--models finetuned needs --finetuned FOLDER")
