@@ -64,7 +64,9 @@ from extend.training.schedule import build_scheduler
 from extend.training.sequence_parallel import SequenceParallel, enable_sequence_parallel
 from extend.validation import check_training, validate_training  # noqa: F401  (check_training: tests, bench)
 
-__all__ = ["Run", "backward_loss", "check_training", "export", "fit", "forward_loss", "setup", "step_inputs", "train", "train_step"]
+__all__ = [
+    "Run", "backward_loss", "check_training", "export", "fit", "forward_loss", "setup", "step_inputs", "train", "train_step",
+]
 
 
 @dataclass

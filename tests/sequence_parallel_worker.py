@@ -62,7 +62,7 @@ def main() -> None:
         use_packed_attention(model)
         params = [p for p in model.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=ChunkedCausalLM(model, cfg.train.loss_chunk_size),
-                                          optimizer=torch.optim.AdamW(params), config=deepspeed_config(staged))
+                                          optimizer=torch.optim.AdamW(params), config=deepspeed_config(staged, model.config.hidden_size))
         results[stage] = gradients(replace(run, model=engine), rows)
     if run.accelerator.is_main_process:
         torch.save(results, out)

@@ -21,6 +21,16 @@ def test_deepspeed_options(option, stage, offload):
     assert ds["gradient_accumulation_steps"] == 1 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["gradient_clipping"] == cfg.train.max_grad_norm and ds["bf16"]["enabled"]
     assert zero.get("stage3_gather_16bit_weights_on_model_save", False) == (stage == 3)
+    # Buckets sized from the model (accelerate fills "auto" from the prepared model's hidden size), not
+    # DeepSpeed's 5e8-element default.
+    assert zero["reduce_bucket_size"] == "auto"
+    sized = deepspeed_config(cfg, hidden_size=64)["zero_optimization"]
+    assert sized["reduce_bucket_size"] == 64 * 64
+    if stage == 3:
+        assert sized["stage3_prefetch_bucket_size"] == int(0.9 * 64 * 64)
+        assert sized["stage3_param_persistence_threshold"] == 640
+    else:
+        assert "stage3_prefetch_bucket_size" not in sized
 
 
 def test_ddp_is_the_default_and_valid():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from extend.config import ModelConfig
 from extend.models.loading import build_random, load_base_config
@@ -164,6 +165,12 @@ def test_zero3_resumes_and_exports_the_gathered_weights(saved_base, dataset_dir,
     # Gathered one parameter at a time, the export is bit for bit the base with the trained weights of the
     # last checkpoint (step 12, the last step) folded in, as gathering the whole state dict first gave.
     assert_export_is_checkpoint_merged(run, args, "step-000012")
+    # The engine's communication buckets were sized from the model (accelerate filled extend's "auto").
+    states = next((run / "checkpoints" / "step-000012" / "deepspeed").rglob("zero_pp_rank_0_mp_rank_00_model_states.pt"))
+    zero = torch.load(states, map_location="cpu", weights_only=False)["ds_config"]["zero_optimization"]
+    hidden = json.loads((saved_base / "config.json").read_text())["hidden_size"]
+    assert zero["reduce_bucket_size"] == hidden * hidden
+    assert zero["stage3_param_persistence_threshold"] == 10 * hidden
 
 
 def assert_export_is_checkpoint_merged(run: Path, args: list[str], step: str) -> None:

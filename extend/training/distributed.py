@@ -90,11 +90,22 @@ def _sequence_parallel_problems(cfg: ExtendConfig, sp: int, num_heads: int | Non
     return problems
 
 
-def deepspeed_config(cfg: ExtendConfig) -> dict:
+def deepspeed_config(cfg: ExtendConfig, hidden_size: int | None = None) -> dict:
     """The DeepSpeed config for accelerate=zero*: our loop accumulates micro-batches itself (one engine step
-    per optimizer step) and uses a torch optimizer, which every ZeRO stage and offload accepts."""
+    per optimizer step) and uses a torch optimizer, which every ZeRO stage and offload accepts.
+
+    Communication buckets are sized from the model as transformers' Trainer does (hidden_size², 0.9 x that
+    for ZeRO-3's prefetch, 10 x hidden_size for parameters kept whole): "auto", which accelerate fills from the
+    prepared model's config, or integers from `hidden_size` for an engine built directly. DeepSpeed's own
+    defaults (5e8 elements for the reduce bucket: 2 GB in float32) are sized for billions of parameters and
+    would dwarf a small model's activations."""
     a, t = cfg.accelerate, cfg.train
     zero: dict = {"stage": a.zero_stage}
+    square = "auto" if hidden_size is None else hidden_size * hidden_size
+    zero["reduce_bucket_size"] = square
+    if a.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = "auto" if hidden_size is None else int(0.9 * square)
+        zero["stage3_param_persistence_threshold"] = "auto" if hidden_size is None else 10 * hidden_size
     if a.offload_optimizer != "none":
         zero["offload_optimizer"] = {"device": a.offload_optimizer}
     if a.offload_params != "none":

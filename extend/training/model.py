@@ -32,6 +32,11 @@ class ChunkedCausalLM(nn.Module):
     def causal_lm(self) -> nn.Module:
         return causal_lm_of(self.model)
 
+    @property
+    def config(self):
+        """The causal LM's config: accelerate sizes DeepSpeed's "auto" buckets from its hidden_size."""
+        return self.causal_lm.config
+
     def forward(self, input_ids, position_ids, targets, document_ids):
         """(loss sum, scored tokens) of packed rows, or of their sequence shards (train.sequence_parallel_size).
         `targets`: next-token targets aligned with input_ids, from the stored position ids (extend/training/
