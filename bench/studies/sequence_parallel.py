@@ -8,8 +8,10 @@ loss, per-document SDPA) under DeepSpeed ZeRO-3 on rows of the standard-library 
 step, started by torchrun: sp = 1 on one process, sp = 2 on two (one sequence-parallel group: each process
 holds half of every row). Each process reports the peak resident memory its training steps added on top of
 the loaded model (ru_maxrss minus the resident size before the first step; CPU torch keeps no allocator
-statistics) and the time of each step; the case's memory is the largest over its processes, its tokens/s
-the row tokens per step over the mean step time after the first (which includes one-off work).
+statistics) and the time of each step; then it runs as many further steps under a tensor tracker
+(bench/lib/live_memory.py) for the most tensor bytes alive at once, what a GPU allocator's peak would count.
+The case's memory is the largest over its processes, its tokens/s the row tokens per step over the mean step
+time after the first (which includes one-off work).
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ def worker(model: Path, data: Path, out: Path, length: int, steps: int, sp: int,
     """One process of a case (under torchrun): train `steps` rows, write this rank's numbers to report."""
     from dataclasses import replace
 
+    from bench.lib.live_memory import LiveTensorBytes
     from bench.lib.training_harness import compose, memory_now_gb, memory_peak_gb
     from extend.train import setup, train_step
     from extend.training.batches import StageRows
 
-    cfg = compose(model, data, out, length, steps, checkpointing=True, adapter="full")
+    cfg = compose(model, data, out, length, 2 * steps, checkpointing=True, adapter="full")  # timed, then tracked
     cfg = replace(cfg, accelerate=replace(cfg.accelerate, name="zero3", strategy="deepspeed", zero_stage=3,
                                           sequence_parallel_size=sp))
     run = setup(cfg)
@@ -53,8 +56,15 @@ def worker(model: Path, data: Path, out: Path, length: int, steps: int, sp: int,
         started = time.perf_counter()
         train_step(run, rows.step_rows(step))
         times.append(time.perf_counter() - started)
+    added = memory_peak_gb("cpu") - before
+    # The same steps again under the tensor tracker (slower, so neither their time nor their resident size is
+    # reported): the most tensor bytes alive at once, as a GPU allocator would count them.
+    with LiveTensorBytes() as live:
+        for step in range(steps):
+            train_step(run, rows.step_rows(steps + step))
     rank = run.accelerator.process_index
-    line = {"rank": rank, "peak_added_gb": round(memory_peak_gb("cpu") - before, 4), "seconds": [round(t, 3) for t in times]}
+    line = {"rank": rank, "peak_added_gb": round(added, 4), "peak_live_tensor_gb": round(live.peak / 2**30, 4),
+            "seconds": [round(t, 3) for t in times]}
     (report.parent / f"{report.name}.{rank}").write_text(json.dumps(line))
 
 
@@ -71,6 +81,7 @@ def case(model: Path, data: Path, work: Path, length: int, steps: int, sp: int) 
     ranks = [json.loads((work / f"{report.name}.{r}").read_text()) for r in range(sp)]
     timed = [sum(r["seconds"][1:]) / max(1, len(r["seconds"]) - 1) for r in ranks]
     return {"length": length, "sp": sp, "processes": sp, "peak_added_gb_per_process": max(r["peak_added_gb"] for r in ranks),
+            "peak_live_tensor_gb_per_process": max(r["peak_live_tensor_gb"] for r in ranks),
             "tokens_per_s": round(length / max(timed), 1), "step_seconds": ranks[0]["seconds"],
             "wall_s": round(time.perf_counter() - started, 1)}
 
@@ -102,7 +113,7 @@ def main() -> None:
                    intermediate=SHAPE["intermediate"], kv_heads=SHAPE["kv_heads"])
         for length in args.lengths:
             data = work / f"data-{length}"
-            prepare(compose(model, data, work / "prep", length, args.steps, checkpointing=True, adapter="full"),
+            prepare(compose(model, data, work / "prep", length, 2 * args.steps, checkpointing=True, adapter="full"),
                     log=lambda _: None)
             for sp in (1, 2):
                 results.append(case(model, data, work, length, args.steps, sp))
@@ -110,8 +121,9 @@ def main() -> None:
     for length in args.lengths:
         one, two = (next(r for r in results if r["length"] == length and r["sp"] == sp) for sp in (1, 2))
         ratio = two["peak_added_gb_per_process"] / one["peak_added_gb_per_process"]
-        print(f"{length:>6} tokens: sp=2 peak per process {ratio:.2f}x of sp=1; tokens/s {one['tokens_per_s']} -> "
-              f"{two['tokens_per_s']}")
+        live = two["peak_live_tensor_gb_per_process"] / one["peak_live_tensor_gb_per_process"]
+        print(f"{length:>6} tokens: sp=2 per process {ratio:.2f}x of sp=1 (resident peak), {live:.2f}x (live tensors); "
+              f"tokens/s {one['tokens_per_s']} -> {two['tokens_per_s']}")
     summary = {"shape": SHAPE, "steps": args.steps, "cases": results, "wall_s": round(time.perf_counter() - started, 1)}
     print(f"wall time {summary['wall_s']} s")
     if args.out:
