@@ -74,12 +74,15 @@ def run(name: str, overrides: list[str], work: Path) -> dict:
 
 
 def table(found: dict) -> str:
-    lines = ["| run | model | length | passkey | perplexity |", "|---|---|---|---|---|"]
+    """Per run and length: the trained model, then the base and the base with training-free YaRN."""
+    lines = ["| run | length | passkey: trained / base / base + YaRN | perplexity: trained / base / base + YaRN |",
+             "|---|---|---|---|"]
     for name, r in found.items():
-        for model, tasks in r["results"].items():
-            for n in tasks["passkey"]:
-                lines.append(f"| {name} | {model} | {int(n):,} | {tasks['passkey'][n]:.0%} | "
-                             f"{tasks['perplexity'][n]:.2f} |")
+        models = list(r["results"])  # the trained model first, then the recipe's comparisons
+        for n in r["results"][models[0]]["passkey"]:
+            passkey = " / ".join(f"{r['results'][m]['passkey'][n]:.0%}" for m in models)
+            perplexity = " / ".join(f"{r['results'][m]['perplexity'][n]:.2f}" for m in models)
+            lines.append(f"| {name} | {int(n):,} | {passkey} | {perplexity} |")
     lines += ["", "| run | steps | tokens | training s | wall s | peak training memory (GB, RSS) |",
               "|---|---|---|---|---|---|"]
     for name, r in found.items():
