@@ -67,6 +67,45 @@ def test_frozen_head_gets_no_gradient_and_bf16_works():
     assert torch.allclose(grad.float(), hidden.grad.float(), atol=1e-2)
 
 
+def test_a_wrapped_head_in_bf16_matches_the_plain_loss():
+    torch.manual_seed(3)
+    head = WrappedHead().to(torch.bfloat16)
+    hidden = torch.randn(1, 60, 32, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 500, (1, 60))
+    grads = []
+    for chunk in (0, 16):
+        head.zero_grad()
+        hidden.grad = None
+        loss, _ = causal_lm_loss_sum(hidden, head, labels, None, chunk_size=chunk)
+        loss.backward()
+        grads.append((loss.detach(), hidden.grad.clone(), head.weight.grad.clone()))
+    (full, gh_full, gw_full), (chunked, gh, gw) = grads
+    assert gh.dtype == gw.dtype == torch.bfloat16
+    assert torch.allclose(chunked, full, rtol=1e-3)
+    assert relative(gh.float(), gh_full.float()) <= 1e-2 and relative(gw.float(), gw_full.float()) <= 1e-2
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["linear", "wrapped"])
+def test_the_chunked_loss_holds_one_chunk_of_logits_at_a_time(wrapped):
+    """Both chunked paths (a plain head; a peft- or ZeRO-3-wrapped head under checkpointing) turn a chunk's
+    logits into their gradient as they score them: the peak stays near one chunk's logits, where
+    F.cross_entropy would hold three or four."""
+    from bench.lib.live_memory import LiveTensorBytes
+
+    torch.manual_seed(4)
+    head = WrappedHead() if wrapped else nn.Linear(32, 8192, bias=False)
+    if wrapped:
+        head.inner = nn.Linear(32, 8192, bias=False)
+    hidden = torch.randn(1, 2049, 32, requires_grad=True)
+    labels = torch.randint(0, 8192, (1, 2049))
+    chunk_logits = 512 * 8192 * 4
+    with LiveTensorBytes() as live:
+        loss, _ = causal_lm_loss_sum(hidden, head, labels, None, chunk_size=512)
+        loss.backward()
+    extra = live.peak - chunk_logits
+    assert extra < 0.25 * chunk_logits, f"peak {live.peak / 2**20:.1f} MB for {chunk_logits / 2**20:.0f} MB chunks"
+
+
 def test_reference_is_plain_cross_entropy():
     torch.manual_seed(1)
     head = nn.Linear(8, 11, bias=False)

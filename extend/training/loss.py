@@ -7,7 +7,10 @@ Where the output layer is a plain linear layer (the usual case), each chunk's gr
 hidden states and the layer's weight are computed right away in the forward pass, from the softmax it
 already has (grad of logits = softmax - one-hot), and handed to autograd in the backward pass: the logits
 are computed once, as in an unchunked loss. Otherwise (a wrapped or sharded output layer: peft, ZeRO-3)
-each chunk runs under activation checkpointing, which computes its logits a second time in the backward.
+each chunk runs under activation checkpointing, which computes its logits a second time in the backward;
+there the cross-entropy turns the logits into their gradient as it scores them (`_SoftmaxCrossEntropy`), so
+a chunk holds one logits-sized buffer in the backward instead of the three or four of `F.cross_entropy`
+(logits, log-softmax, and their gradients).
 
 The loss is returned as a sum with its token count, so the caller can normalise by the tokens of the whole
 optimizer step: batch 1 x accumulation 4 then equals batch 4 x accumulation 1.
@@ -48,6 +51,50 @@ def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module)
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def _score_in_place(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum of cross-entropy(scores (N, V) float32, targets (N,)); turns `scores` into its gradient (softmax -
+    one-hot, zero on IGNORE_INDEX rows) in place, so scoring a chunk needs no second logits-sized buffer."""
+    kept = targets != IGNORE_INDEX
+    safe = targets.clamp(min=0)
+    picked = scores.gather(1, safe[:, None]).squeeze(1)
+    top = scores.amax(dim=-1)
+    sums = scores.sub_(top[:, None]).exp_().sum(dim=-1)
+    total = ((top + sums.log() - picked) * kept).sum()
+    scores.div_(sums[:, None])
+    scores[torch.arange(scores.shape[0], device=scores.device), safe] -= 1.0
+    scores.mul_(kept[:, None])
+    return total
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """sum of cross-entropy(logits (N, V), targets (N,)). The forward turns the logits, in place where they are
+    float32, into their gradient, the only logits-sized buffer the backward keeps; the backward scales it in
+    place (so it runs once). Returns (loss, the overwritten logits: not to be read)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        ctx.set_materialize_grads(False)
+        in_place = logits.dtype == torch.float32
+        scores = logits if in_place else logits.float()
+        total = _score_in_place(scores, targets)
+        if in_place:
+            ctx.mark_dirty(logits)
+        ctx.save_for_backward(scores)
+        ctx.dtype = logits.dtype
+        return total, logits
+
+    @staticmethod
+    def backward(ctx, grad_output, _unused):
+        (grad,) = ctx.saved_tensors
+        if grad_output is None:
+            return None, None
+        return grad.mul_(grad_output).to(ctx.dtype), None
+
+
+def _lean_chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    return _SoftmaxCrossEntropy.apply(lm_head(hidden), targets)[0]
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum of cross-entropy(hidden @ weight.T (+ bias), targets), chunk by chunk, gradients in the forward."""
 
@@ -59,16 +106,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            logits = F.linear(h, weight, bias).float()
-            log_probs = logits.log_softmax(dim=-1)
-            total += -log_probs.gather(1, t[:, None]).sum()
-            grad_logits = log_probs.exp_()
-            grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            grad_logits = F.linear(h, weight, bias).float()
+            total += _score_in_place(grad_logits, t)
             grad_hidden[start : start + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight += grad_logits.T @ h.float()
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
+            del grad_logits  # before the next chunk's logits exist
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
@@ -104,7 +149,8 @@ def _chunked_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Modul
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n_tokens, chunk_size):
         stop = start + chunk_size
-        total = total + checkpoint(_chunk_loss, hidden[start:stop], targets[start:stop], lm_head, use_reentrant=False)
+        total = total + checkpoint(_lean_chunk_loss, hidden[start:stop], targets[start:stop], lm_head,
+                                   use_reentrant=False)
     return total
 
 
