@@ -202,22 +202,22 @@ def activation_bytes(s: Setup, length: int) -> float:
 def loss_bytes(s: Setup, length: int) -> float:
     """The cross-entropy's logits, per GPU, in bytes (extend/training/loss.py).
 
-    Through autograd (full logits with loss_chunk_size=0, a row no longer than one chunk, or chunks recomputed
-    under checkpointing where ZeRO-3 partitions the output layer) the backward holds, per logit, float32
-    log-probabilities, the dense gradient of the NLL, the gradient of the log-softmax input, and that
-    gradient in the compute dtype (e + 12 bytes). The chunked loss with a plain output layer computes each
-    chunk's gradient in its forward (softmax minus one-hot): the previous chunk's logits and probabilities
-    beside the new chunk's logits (e + 8 bytes per logit of one chunk), plus, when the output layer trains, a
-    float32 gradient of its weight (vocab x h x 4) accumulated over the chunks.
+    Through autograd (full logits with loss_chunk_size=0, or a row no longer than one chunk) the backward
+    holds, per logit, float32 log-probabilities, the dense gradient of the NLL, the gradient of the
+    log-softmax input, and that gradient in the compute dtype (e + 12 bytes). The chunked loss turns each
+    chunk's float32 logits into their gradient in place (softmax minus one-hot), so one chunk's logits are
+    alive at a time: float32, plus a copy in the compute dtype where that is not float32 (4 + e bytes per
+    logit of one chunk), whether it computes the gradient in its forward (a plain output layer) or recomputes
+    the chunk under checkpointing (ZeRO-3 partitions the output layer). With a plain output layer that
+    trains, a float32 gradient of its weight (vocab x h x 4) is accumulated over the chunks.
     """
     g = s.geometry
     tokens = s.micro_batch * length / s.sp
     if s.loss_chunk <= 0 or tokens <= s.loss_chunk:
         return tokens * g.vocab * (s.activation_bytes + 12)
-    if s.zero_stage == 3:
-        return s.loss_chunk * g.vocab * (s.activation_bytes + 12)
-    head_grad = g.vocab * g.hidden * 4 if s.adapter == "full" else 0
-    return s.loss_chunk * g.vocab * (s.activation_bytes + 8) + head_grad
+    chunk = s.loss_chunk * g.vocab * (4 + (s.activation_bytes if s.activation_bytes != 4 else 0))
+    head_grad = g.vocab * g.hidden * 4 if s.adapter == "full" and s.zero_stage != 3 else 0
+    return chunk + head_grad
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,11 @@ def test_chunked_loss_against_full_logits():
     tokens = 8192
     full = loss_bytes(replace(FULL, loss_chunk=0), tokens)
     assert full == tokens * 256 * (2 + 12)
-    assert loss_bytes(FULL, tokens) == 1024 * 256 * (2 + 8) + 256 * 64 * 4  # one chunk + the head's fp32 grad
-    assert loss_bytes(replace(FULL, adapter="lora"), tokens) == 1024 * 256 * 10
+    # One chunk's float32 logits, turned into their gradient in place, beside a bf16 copy; + the head's fp32 grad.
+    assert loss_bytes(FULL, tokens) == 1024 * 256 * (4 + 2) + 256 * 64 * 4
+    assert loss_bytes(replace(FULL, adapter="lora"), tokens) == 1024 * 256 * 6
+    assert loss_bytes(replace(FULL, zero_stage=3), tokens) == 1024 * 256 * 6  # ZeRO-3: the head's grad is its own
+    assert loss_bytes(replace(FULL, adapter="lora", activation_bytes=4), tokens) == 1024 * 256 * 4  # float32: no copy
 
 
 def test_fit_and_advice():
