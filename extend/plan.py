@@ -202,9 +202,9 @@ def activation_bytes(s: Setup, length: int) -> float:
 def loss_bytes(s: Setup, length: int) -> float:
     """The cross-entropy's logits, per GPU, in bytes (extend/training/loss.py).
 
-    Through autograd (full logits with loss_chunk_size=0, or a row no longer than one chunk) the backward
-    holds, per logit, float32 log-probabilities, the dense gradient of the NLL, the gradient of the
-    log-softmax input, and that gradient in the compute dtype (e + 12 bytes). The chunked loss turns each
+    Through autograd (full logits with loss_chunk_size=0) the backward holds, per logit, float32
+    log-probabilities, the dense gradient of the NLL, the gradient of the log-softmax input, and that
+    gradient in the compute dtype (e + 12 bytes). The chunked loss turns each
     chunk's float32 logits into their gradient in place (softmax minus one-hot), so one chunk's logits are
     alive at a time: float32, plus a copy in the compute dtype where that is not float32 (4 + e bytes per
     logit of one chunk), whether it computes the gradient in its forward (a plain output layer) or recomputes
@@ -213,9 +213,9 @@ def loss_bytes(s: Setup, length: int) -> float:
     """
     g = s.geometry
     tokens = s.micro_batch * length / s.sp
-    if s.loss_chunk <= 0 or tokens <= s.loss_chunk:
+    if s.loss_chunk <= 0:
         return tokens * g.vocab * (s.activation_bytes + 12)
-    chunk = s.loss_chunk * g.vocab * (4 + (s.activation_bytes if s.activation_bytes != 4 else 0))
+    chunk = min(tokens, s.loss_chunk) * g.vocab * (4 + (s.activation_bytes if s.activation_bytes != 4 else 0))
     head_grad = g.vocab * g.hidden * 4 if s.adapter == "full" and s.zero_stage != 3 else 0
     return chunk + head_grad
 

@@ -44,3 +44,14 @@ def test_gpu_benchmark_runs_at_minimal_size_on_cpu(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ours / baseline" in out and "ours / trl" in out
     assert (tmp_path / "gpu.json").stat().st_size > 0
+
+
+def test_the_harness_counts_live_tensors_of_our_steps(tmp_path):
+    """--live-memory: our steps under the tensor tracker; at this size the step's tensors (gradients, AdamW
+    moments, activations, one chunk of logits) are a few MB, more than nothing and less than the process."""
+    from bench.lib.training_harness import main
+
+    result = main(["--system", "ours", "--length", "128", "--steps", "2", "--adapter", "full", "--live-memory",
+                   "--workdir", str(tmp_path), *TINY])
+    params_bytes = result["parameters"] * 4
+    assert 2 * params_bytes < result["peak_live_tensor_gb"] * 2**30 < 50 * params_bytes  # grads + moments at least

@@ -137,7 +137,13 @@ def step_timer(device: str):
     return StepTimes()
 
 
-def measure_ours(cfg, device: str) -> tuple[list[float], float, float]:
+def measure_ours(cfg, device: str, live: dict | None = None) -> tuple[list[float], float, float]:
+    """Our steps, timed. With `live` (a dict), they run under the tensor tracker (bench/lib/live_memory.py)
+    from the first step, so optimizer states and gradients count, the loaded weights not; live["peak_gb"]
+    is the most tensor bytes alive at once. The tracker slows the steps, and so the times reported."""
+    from contextlib import nullcontext
+
+    from bench.lib.live_memory import LiveTensorBytes
     from extend.train import setup, train_step
     from extend.training.batches import StageRows
 
@@ -145,13 +151,16 @@ def measure_ours(cfg, device: str) -> tuple[list[float], float, float]:
     rows = StageRows(run.stages[0])
     before = memory_now_gb(device)
     times, cpu = [], []
-    for step in range(run.stages[0].steps):
-        batch = rows.step_rows(step)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        train_step(run, batch)
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - cpu_started)
+    with LiveTensorBytes() if live is not None else nullcontext() as tracker:
+        for step in range(run.stages[0].steps):
+            batch = rows.step_rows(step)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            train_step(run, batch)
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - cpu_started)
+    if live is not None:
+        live["peak_gb"] = tracker.peak / 2**30
     CPU_TIMES[:] = cpu
     return times, before, memory_peak_gb(device)
 
@@ -253,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpointing", action="store_true", help="the baseline with gradient checkpointing")
     parser.add_argument("--loss", default="auto", help="ours: train.loss (auto, chunked, cce, liger, plain)")
     parser.add_argument("--adapter", choices=["lora", "full"], default="lora", help="ours: what trains (default lora)")
+    parser.add_argument("--live-memory", action="store_true",
+                        help="ours: run the steps under the tensor tracker and report peak_live_tensor_gb (CPU)")
     parser.add_argument("--workdir", type=Path, required=True, help="shared between the runs of one benchmark")
     opts = parser.parse_args(argv)
 
@@ -271,8 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=opts.workdir) as out:
         cfg.output_dir = out
         tokens, inputs = [opts.length] * opts.steps, None
+        live = {} if opts.live_memory else None
         if opts.system == "ours":
-            times, before, peak = measure_ours(cfg, opts.device)
+            times, before, peak = measure_ours(cfg, opts.device, live)
         elif opts.system == "baseline":
             times, before, peak = measure_baseline(cfg, Path(out), opts.device, opts.checkpointing)
         else:
@@ -290,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if inputs is not None:
         result["tokens_per_step"], result["inputs"] = tokens, inputs
+    if live:
+        result["peak_live_tensor_gb"] = round(live["peak_gb"], 4)
     print(json.dumps(result), flush=True)
     return result
 

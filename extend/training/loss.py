@@ -142,10 +142,12 @@ def _plain_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module,
 
 def _chunked_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> torch.Tensor:
     n_tokens = hidden.shape[0]
-    if chunk_size <= 0 or n_tokens <= chunk_size:
+    if chunk_size <= 0:
         return _chunk_loss(hidden, targets, lm_head)
     if _is_plain_linear(lm_head):
         return _ChunkedLinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size)
+    if n_tokens <= chunk_size:
+        return _lean_chunk_loss(hidden, targets, lm_head)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n_tokens, chunk_size):
         stop = start + chunk_size
