@@ -209,6 +209,9 @@ def setup_model(cfg: DecoderConfig, accelerator: Accelerator, model_config: PreT
         causal_lm_of(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.tiled_mlp:
         tile_mlps(causal_lm_of(model))
+    # from_pretrained returns the model in eval mode; transformers checkpoints a layer, and dropout (LoRA's
+    # among it) applies, only in training mode.
+    model.train()
     accelerator.print(f"{cfg.adapter.type}: {adapter.trainable_summary(model)}")
     return adapter, model
 

@@ -188,3 +188,27 @@ def test_qlora_trains_on_a_4bit_base_and_exports_full_precision(make_config, tmp
         assert torch.allclose(value, expected[name], atol=1e-6), name
     with pytest.raises(ConfigError, match="needs saved weights"):
         train(make_config("adapter.quantize=4bit"))
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_gradient_checkpointing_recomputes_each_layer_in_the_backward(make_config, adapter, monkeypatch):
+    """from_pretrained returns a model in eval mode, where transformers neither checkpoints a layer nor
+    applies dropout: the loop must train in training mode, or train.gradient_checkpointing (and LoRA's
+    dropout) silently do nothing. With checkpointing each layer's MLP runs twice per row (the forward and the
+    backward's recomputation), without it once."""
+    import extend.train
+    from extend.train import setup, train_step
+    from extend.training.batches import StageRows
+
+    loaded = extend.train.load_base_model  # the tiny base is built from its config; a Hub base comes in eval mode
+    monkeypatch.setattr(extend.train, "load_base_model", lambda *a, **k: loaded(*a, **k).eval())
+    calls = {}
+    for checkpointing in (False, True):
+        run = setup(make_config(f"adapter={adapter}", f"train.gradient_checkpointing={str(checkpointing).lower()}"))
+        assert all(m.training for m in run.model.modules())
+        mlp = next(m for name, m in run.model.named_modules() if name.endswith("layers.0.mlp"))
+        calls[checkpointing] = []
+        hook = mlp.register_forward_pre_hook(lambda *_, c=calls[checkpointing]: c.append(1))
+        train_step(run, StageRows(run.stages[0]).step_rows(0))
+        hook.remove()
+    assert len(calls[False]) > 0 and len(calls[True]) == 2 * len(calls[False])
