@@ -33,3 +33,15 @@ def test_backward_is_counted_and_tensors_from_before_are_not():
         out.backward()
     assert forward_peak >= 256 * 256 * 4  # the product
     assert live.peak >= forward_peak + 256 * 256 * 4  # the gradient exists besides what the backward keeps
+
+
+def test_views_and_in_place_ops_on_tensors_from_before_allocate_nothing():
+    weight = torch.randn(512, 512)  # 1 MB, before the mode
+    with LiveTensorBytes() as live:
+        transposed = weight.t()  # what F.linear does with a weight
+        weight.mul_(1.0)
+        rows = weight[:10]
+        assert live.peak == 0
+        product = transposed @ rows.t()  # a new 512 x 10 result
+        assert live.peak == 512 * 10 * 4
+    del transposed, rows, product

@@ -45,7 +45,13 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # An output on an input's storage (a view, an in-place op) allocated nothing: a view of a weight
+        # made before the mode must not count the weight.
+        inputs = {v.untyped_storage().data_ptr() for v in tree_flatten((args, kwargs))[0]
+                  if isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.is_meta}
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.is_meta:
-                self._track(value.untyped_storage())
+                storage = value.untyped_storage()
+                if storage.data_ptr() not in inputs:
+                    self._track(storage)
         return out
