@@ -172,31 +172,38 @@ def state_bytes(s: Setup) -> dict[str, float]:
     return {"params": params + gathered, "grads": grads, "optimizer": optimizer}
 
 
-def activation_bytes(s: Setup, length: int) -> float:
-    """Activations of one micro-batch at `length` tokens per row, per GPU, in bytes.
+def activation_parts(s: Setup, length: int) -> tuple[float, float]:
+    """Activations of one micro-batch at `length` tokens per row, per GPU, in bytes: (kept, recomputed).
 
     tokens = micro_batch x length / sp: DeepSpeed Ulysses (Jacobs et al. 2023; ALST, Bekman et al. 2025) gives
     every rank of a sequence-parallel group 1/sp of the sequence outside attention (and 1/sp of the heads
     inside it), so activations divide by sp. Without checkpointing every layer keeps its per-token elements
     (Geometry.layer_activation_elements); with it (Chen et al. 2016; per decoder layer, as transformers does)
-    every layer keeps only its input (h) and one layer is recomputed at a time. Either way the backward
-    holds one layer's gradient working set (2h + 2I) and the decoder's embedding output, final norm and
-    the hidden states the loss reads (4h). Eager attention adds each layer's scores and softmax, heads x
-    length^2 x 2 elements per row (Korthikanti's 5as, without the dropout mask), for every layer kept.
-    offload_activations moves the checkpointed inputs to host memory (ALST's checkpoint offload).
+    every layer keeps only its input (h) and one layer is recomputed at a time. `kept` is what lives from the
+    forward through the backward: those, and the decoder's embedding output, final norm and the hidden states
+    the loss reads (4h). `recomputed` is what exists only in the backward: the recomputed layer and one
+    layer's gradient working set (2h + 2I). Eager attention adds each layer's scores and softmax, heads x
+    length^2 x 2 elements per row (Korthikanti's 5as, without the dropout mask), for every layer kept (the
+    recomputed one under checkpointing). offload_activations moves the checkpointed inputs to host memory
+    (ALST's checkpoint offload).
     """
     g, e = s.geometry, s.activation_bytes
     tokens = s.micro_batch * length / s.sp
     layer = g.layer_activation_elements(s.tiled_mlp)
-    work = 2 * g.hidden + (0 if s.tiled_mlp else 2 * g.intermediate) + 4 * g.hidden
+    working = 2 * g.hidden + (0 if s.tiled_mlp else 2 * g.intermediate)
+    scores = s.micro_batch * (g.heads / s.sp) * length**2 * 2 if s.eager_attention else 0
     if s.checkpointing:
-        kept = (0 if s.offload_activations else g.layers * g.hidden) + layer
-        layers_with_scores = 1
+        kept = tokens * ((0 if s.offload_activations else g.layers * g.hidden) + 4 * g.hidden)
+        recomputed = tokens * (layer + working) + scores
     else:
-        kept = g.layers * layer
-        layers_with_scores = g.layers
-    scores = layers_with_scores * s.micro_batch * (g.heads / s.sp) * length**2 * 2 if s.eager_attention else 0
-    return (tokens * (kept + work) + scores) * e
+        kept = tokens * (g.layers * layer + 4 * g.hidden) + g.layers * scores
+        recomputed = tokens * working
+    return kept * e, recomputed * e
+
+
+def activation_bytes(s: Setup, length: int) -> float:
+    """All activations of one micro-batch (activation_parts, kept + recomputed), per GPU, in bytes."""
+    return sum(activation_parts(s, length))
 
 
 def loss_bytes(s: Setup, length: int) -> float:
@@ -229,17 +236,26 @@ class Row:
     optimizer: float
     activations: float
     loss: float
+    recomputed: float = 0.0  # the part of `activations` that exists only in the backward
 
     @property
     def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.activations + self.loss
+        """The peak: the loss's buffers live while the loss scores the chunks (the end of the forward, or the
+        start of the backward where it recomputes them), the recomputed layer and the gradient working set
+        later in the backward; the two are never alive at once, so the larger of them counts."""
+        kept = self.activations - self.recomputed
+        return self.params + self.grads + self.optimizer + kept + max(self.recomputed, self.loss)
 
 
 def plan_rows(s: Setup, lengths: list[int]) -> list[Row]:
     check_setup(s)
     states = state_bytes(s)
-    return [Row(n, s.micro_batch * n / s.sp, states["params"], states["grads"], states["optimizer"],
-                activation_bytes(s, n), loss_bytes(s, n)) for n in lengths]
+    rows = []
+    for n in lengths:
+        kept, recomputed = activation_parts(s, n)
+        rows.append(Row(n, s.micro_batch * n / s.sp, states["params"], states["grads"], states["optimizer"],
+                        kept + recomputed, loss_bytes(s, n), recomputed))
+    return rows
 
 
 def fits(s: Setup, lengths: list[int], gpu_memory: float) -> bool:
@@ -319,7 +335,9 @@ def render(s: Setup, lengths: list[int], gpu_memory: float, title: str) -> str:
               "communication buffers, fragmentation). weights: 16-bit (or float32) weights, under ZeRO-3 a 1/gpus "
               "shard plus two gathered layers; optimizer: AdamW (fp32 master + moments under DeepSpeed mixed "
               "precision, 12 B/param; moments in the weights' dtype under ddp); activations: one micro-batch, "
-              "fused (SDPA/flash) attention keeps no scores; loss: one chunk's logits. Not counted: the CUDA "
+              "fused (SDPA/flash) attention keeps no scores; loss: one chunk's logits; total: activations and loss "
+              "without double counting (the loss's buffers and the backward's recomputed layer are never alive at "
+              "once: the larger counts). Not counted: the CUDA "
               "context, DDP gradient buckets, host memory. Formulas: extend/plan.py."]
     return "\n".join(lines[:-1] + [_wrap(lines[-1])])
 
