@@ -103,6 +103,34 @@ def test_training_mode_draws_t_and_trains_the_ode():
     assert len(model.config.extend_position_method["ode_down"]) == ode.down.shape[0]
 
 
+def test_training_draws_t_from_the_rows_own_ratio_and_never_compresses_positions():
+    """A row of T tokens is already at t = T / L: t is drawn over [T / L, t_max] and positions are stretched
+    (scale t L / T >= 1), never squeezed into fractional distances that inference never shows."""
+    from extend.rope.clex import _rotary_hook, training_time
+
+    p = ClexParams(factor=8.0, original_max_position_embeddings=L)
+    assert training_time(p, L // 2, 0.0) == 1.0 and training_time(p, L, 0.5) == 4.5  # short rows: [1, 8]
+    assert training_time(p, 4 * L, 0.0) == 4.0 and training_time(p, 4 * L, 0.5) == 6.0  # [4, 8]
+    assert training_time(p, 16 * L, 0.3) == 8.0  # beyond t_max: t_max, positions as they are
+    config, model = _clex_model()
+    rotary = next(m for m in model.modules() if hasattr(m, "clex"))
+    rotary.clex.sampling = True
+    x = torch.zeros(1, 1)
+    length = rotary.clex.params.original_max_position_embeddings
+    for tokens in (length // 4, 2 * length, 16 * length):
+        positions = torch.arange(tokens)[None]
+        for seed in range(5):
+            torch.manual_seed(seed)
+            draw = torch.rand(()).item()
+            torch.manual_seed(seed)
+            cos, _ = _rotary_hook(rotary, (x, positions), {}, None)
+            t = training_time(rotary.clex.params, tokens, draw)
+            scale = max(t * length / tokens, 1.0)
+            expected = (positions[..., None] * scale * rotary.clex.inv_freq(t)).cos()
+            assert torch.allclose(cos[..., : expected.shape[-1]], expected.float(), atol=1e-5)
+            assert scale >= 1.0
+
+
 @pytest.mark.slow
 def test_lora_run_trains_the_ode_and_the_export_reloads_both_ways(make_config, tmp_path):
     final = train(make_config("rope=clex", "rope.factor=2", "rope.t_max=4", "rope.ode_step=0.25"))

@@ -15,11 +15,14 @@ torchdiffeq's `rk4` with a fixed step too, and our ~15 lines add no dependency, 
 same steps at every call (n = ceil((t - 1) / step) equal steps from 1 to t), which keeps training bit-exact
 on resume and t = 1 exactly the base (zero steps).
 
-Training samples t uniformly in [1, t_max] at every forward and spreads the row's positions over t*L
-(positions scaled by t*L / T for a row of T tokens): the reference samples integer t and a random sorted
-subset of t*T positions divided by T / L, which spans the same range. At inference t = clamp(n / L, 1, t_max)
-for a sequence of n positions (the reference rounds n / L up to an integer); beyond t_max the frequencies stay
-those of t_max.
+Training samples t at every forward and spreads the row's positions over t*L (positions scaled by t*L / T
+for a row of T tokens): the reference trains at the original length (T = L), samples integer t in
+[1, t_max] and takes a random sorted subset of T of the t*L integer positions, which spans the same range
+with gaps of at least one. Rows longer than L are themselves at the ratio T / L, so t is drawn uniformly in
+[min(max(1, T / L), t_max), t_max] and positions are never compressed (the scale is at least 1): compressing
+a row's positions into a shorter span would train the model on fractional distances that inference, with
+integer positions, never shows it. At inference t = clamp(n / L, 1, t_max) for a sequence of n positions
+(the reference rounds n / L up to an integer); beyond t_max the frequencies stay those of t_max.
 
 In a model, the ODE is a submodule `clex` of each rotary module, whose output (cos, sin) a forward hook
 recomputes from the ODE's frequencies, so the ODE's parameters train with the rest (`train_ode` keeps them
@@ -119,6 +122,14 @@ class ClexOde(nn.Module):
         return inv
 
 
+def training_time(p: ClexParams, row_tokens: int, draw: float) -> float:
+    """The t a training row of `row_tokens` positions trains at, for a uniform draw in [0, 1): uniform over
+    [its own length ratio (at least 1, at most t_max), t_max]."""
+    t_max = p.effective_t_max
+    low = min(max(row_tokens / p.original_max_position_embeddings, 1.0), t_max)
+    return low + (t_max - low) * draw
+
+
 def _rotary_hook(module: nn.Module, args: tuple, kwargs: dict, output):
     """The rotary module's (cos, sin) from the ODE: t drawn in training, the input's length otherwise."""
     ode: ClexOde = module.clex
@@ -127,8 +138,8 @@ def _rotary_hook(module: nn.Module, args: tuple, kwargs: dict, output):
     positions = position_ids.to(torch.float32)
     length = ode.params.original_max_position_embeddings
     if ode.sampling and torch.is_grad_enabled():
-        t = 1 + (ode.params.effective_t_max - 1) * torch.rand(()).item()
-        positions = positions * (t * length / position_ids.shape[-1])
+        t = training_time(ode.params, position_ids.shape[-1], torch.rand(()).item())
+        positions = positions * max(t * length / position_ids.shape[-1], 1.0)
     else:
         t = min(max((position_ids.max().item() + 1) / length, 1.0), ode.params.effective_t_max)
     freqs = positions[..., None] * ode.inv_freq(t).to(x.device)
