@@ -97,3 +97,13 @@ def test_rows_per_step_are_dealt_to_sequence_parallel_groups_not_processes():
                           "train.micro_batch_size=3")
     assert any("on 2 sequence-parallel group(s) of 2 processes" in p
                for p in check_training(three, world_size=4, addressable=None))
+
+
+def test_runs_in_one_process_may_change_mixed_precision(tmp_path):
+    """A study or notebook that trains in float32 and then in bf16 in one process: accelerate refuses a
+    second Accelerator with another mixed precision unless its per-process state is reset."""
+    from extend.training.distributed import build_accelerator
+
+    for precision in ("no", "bf16", "no"):
+        cfg = compose_typed(f"train.mixed_precision={precision}", f"output_dir={tmp_path}")
+        assert build_accelerator(cfg, None).mixed_precision == precision

@@ -17,6 +17,7 @@ from types import FrameType
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 
 from extend.config import ConfigError, ExtendConfig
@@ -137,6 +138,10 @@ def build_accelerator(cfg: ExtendConfig, tracker: str | None) -> Accelerator:
             kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     elif on_cpu and launched_processes() > 1:
         kwargs["cpu"] = True  # accelerate's multi-process CPU path (gloo); without it each rank trains alone
+    # accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    # mixed precision; a run started in a process that ran another (a study, a notebook) must get its own.
+    # The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(**kwargs)
     if accelerator.num_processes != launched_processes():
         raise ConfigError([
