@@ -27,6 +27,15 @@ class WrappedHead(nn.Module):
         return self.inner(x)
 
 
+def loss_and_grads(head, hidden, labels, position_ids, chunk):
+    """(loss, scored tokens, gradient of the hidden states, gradient of the head's weight) at one chunk size."""
+    head.zero_grad()
+    hidden.grad = None
+    loss, n = causal_lm_loss_sum(hidden, head, labels, position_ids, chunk_size=chunk)
+    loss.backward()
+    return loss.detach(), n, hidden.grad.clone(), head.weight.grad.clone()
+
+
 @pytest.mark.parametrize("make_head", [lambda: nn.Linear(32, 500, bias=False), lambda: nn.Linear(32, 500, bias=True),
                                        WrappedHead], ids=["linear", "linear+bias", "wrapped"])
 def test_chunked_equals_full_loss_and_gradients(make_head):
@@ -37,14 +46,8 @@ def test_chunked_equals_full_loss_and_gradients(make_head):
     labels[0, :5] = IGNORE_INDEX
     position_ids = torch.cat([torch.arange(20), torch.arange(17)]).repeat(2, 1)
 
-    results = []
-    for chunk in (0, 7):
-        head.zero_grad()
-        hidden.grad = None
-        loss, n = causal_lm_loss_sum(hidden, head, labels, position_ids, chunk_size=chunk)
-        loss.backward()
-        results.append((loss.detach(), n, hidden.grad.clone(), head.weight.grad.clone()))
-    (full, n_full, gh_full, gw_full), (chunked, n_chunked, gh_chunked, gw_chunked) = results
+    (full, n_full, gh_full, gw_full), (chunked, n_chunked, gh_chunked, gw_chunked) = [
+        loss_and_grads(head, hidden, labels, position_ids, chunk) for chunk in (0, 7)]
     assert n_full == n_chunked == 2 * 36 - 4 - 2  # 4 ignored labels, 2 document starts
     assert torch.allclose(full, chunked, rtol=1e-6, atol=1e-6)
     assert torch.allclose(gh_full, gh_chunked, atol=1e-6)
@@ -72,14 +75,8 @@ def test_a_wrapped_head_in_bf16_matches_the_plain_loss():
     head = WrappedHead().to(torch.bfloat16)
     hidden = torch.randn(1, 60, 32, dtype=torch.bfloat16, requires_grad=True)
     labels = torch.randint(0, 500, (1, 60))
-    grads = []
-    for chunk in (0, 16):
-        head.zero_grad()
-        hidden.grad = None
-        loss, _ = causal_lm_loss_sum(hidden, head, labels, None, chunk_size=chunk)
-        loss.backward()
-        grads.append((loss.detach(), hidden.grad.clone(), head.weight.grad.clone()))
-    (full, gh_full, gw_full), (chunked, gh, gw) = grads
+    (full, _, gh_full, gw_full), (chunked, _, gh, gw) = [loss_and_grads(head, hidden, labels, None, chunk)
+                                                         for chunk in (0, 16)]
     assert gh.dtype == gw.dtype == torch.bfloat16
     assert torch.allclose(chunked, full, rtol=1e-3)
     assert relative(gh.float(), gh_full.float()) <= 1e-2 and relative(gw.float(), gw_full.float()) <= 1e-2
