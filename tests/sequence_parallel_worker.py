@@ -50,7 +50,7 @@ def main() -> None:
     out, rows_file, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = OmegaConf.to_object(compose("config", overrides=overrides))
-    rows = torch.load(rows_file)
+    rows = torch.load(rows_file, weights_only=True)
     run = setup(cfg)
     results = {cfg.accelerate.zero_stage: gradients(run, rows)}
     for stage in (1, 3):
