@@ -211,12 +211,12 @@ def loss_bytes(s: Setup, length: int) -> float:
 
     Through autograd (full logits with loss_chunk_size=0) the backward holds, per logit, float32
     log-probabilities, the dense gradient of the NLL, the gradient of the log-softmax input, and that
-    gradient in the compute dtype (e + 12 bytes). The chunked loss turns each
-    chunk's float32 logits into their gradient in place (softmax minus one-hot), so one chunk's logits are
-    alive at a time: float32, plus a copy in the compute dtype where that is not float32 (4 + e bytes per
-    logit of one chunk), whether it computes the gradient in its forward (a plain output layer) or recomputes
-    the chunk under checkpointing (ZeRO-3 partitions the output layer). With a plain output layer that
-    trains, a float32 gradient of its weight (vocab x h x 4) is accumulated over the chunks.
+    gradient in the compute dtype (e + 12 bytes). The chunked loss turns each chunk's float32 logits into
+    their gradient in place (softmax minus one-hot), so one chunk's logits are alive at a time: float32,
+    plus a copy in the compute dtype where that is not float32 (4 + e bytes per logit of one chunk), whether
+    it computes the gradient in its forward (a plain output layer) or recomputes the chunk under
+    checkpointing (ZeRO-3 partitions the output layer). With a plain output layer that trains, a float32
+    gradient of its weight (vocab x h x 4) is accumulated over the chunks.
     """
     g = s.geometry
     tokens = s.micro_batch * length / s.sp
