@@ -120,3 +120,20 @@ def test_a_saved_model_loads_where_the_placement_says(tmp_path):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(placed(ids).logits, plain(ids).logits)
+
+
+def test_models_load_without_hub_kernels(tmp_path):
+    """transformers turns Hub kernels on by default where `kernels` is installed, and on a GPU then fetches
+    code from the Hub as the model switches to training (offline: an error). extend's loaders keep them off."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import is_kernels_available
+
+    from extend.models.loading import load_base_model, load_pretrained
+
+    build_random(tiny_config(300), seed=0).save_pretrained(tmp_path / "m")
+    cond = condition()
+    cond.model = ModelConfig(name_or_path=str(tmp_path / "m"))
+    for model in (load_base_model(cond.model, cond.config), load_pretrained(tmp_path / "m")):
+        assert model.train().use_kernels is False
+    if is_kernels_available():  # what a stock load does here: the reason for the above
+        assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").use_kernels is True

@@ -171,12 +171,14 @@ def measure_baseline(cfg, out: Path, device: str, checkpointing: bool) -> tuple[
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from extend.data.manifest import read_manifest
+    from extend.models.loading import NO_HUB_KERNELS
     from extend.training.batches import StageRows, stages_from_manifest
 
     stage = stages_from_manifest(Path(cfg.data.output_dir), read_manifest(Path(cfg.data.output_dir)))[0]
     rows = StageRows(stage).rows(0, stage.steps * stage.rows_per_step)
     dataset = datasets.Dataset.from_dict({"input_ids": rows["input_ids"].tolist(), "labels": rows["input_ids"].tolist()})
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype),
+                                                 attn_implementation="sdpa", **NO_HUB_KERNELS)
     if checkpointing:
         model.enable_input_require_grads()  # peft + checkpointing: the frozen embeddings' output needs grad
     model = get_peft_model(model, LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, lora_dropout=0.0,
@@ -209,6 +211,7 @@ def measure_trl(cfg, out: Path, device: str, checkpointing: bool) -> tuple[list[
     from trl import SFTConfig, SFTTrainer
 
     from extend.data.manifest import read_manifest
+    from extend.models.loading import NO_HUB_KERNELS
     from extend.models.tokenizer import load_tokenizer
     from extend.training.batches import StageRows, stages_from_manifest
 
@@ -216,7 +219,8 @@ def measure_trl(cfg, out: Path, device: str, checkpointing: bool) -> tuple[list[
     rows = StageRows(stage).rows(0, stage.steps * stage.rows_per_step)
     dataset = datasets.Dataset.from_dict({"input_ids": documents_of(rows)})
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.data.cache_dir)  # the one the rows were made with
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype),
+                                                 attn_implementation="sdpa", **NO_HUB_KERNELS)
     seen: dict = {}
 
     def record(module, args, kwargs):  # what TRL hands the model: tokens, position ids, mask

@@ -32,6 +32,7 @@ from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError
 from extend.encoders.rotary import ROPE_FAMILIES
+from extend.models.loading import NO_HUB_KERNELS
 
 
 @dataclass(frozen=True)
@@ -151,4 +152,4 @@ def mapped_position_ids(config: PretrainedConfig, length: int, factor: int) -> t
 
 def load_encoder(path: str, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The base encoder (AutoModel, no task head), in eval mode."""
-    return AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=dtype).eval()
+    return AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=dtype, **NO_HUB_KERNELS).eval()

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from extend.config import ConfigError, RopeConfig
+from extend.models.loading import NO_HUB_KERNELS
 from extend.rope import METHODS, ResolvedRope, apply_rope, resolve_rope
 
 # model_type -> what it is. Each is loaded with AutoModel and read from last_hidden_state.
@@ -64,7 +65,7 @@ def load_rope_encoder(path: str, config: PretrainedConfig, resolved: ResolvedRop
     """The checkpoint's weights under the config carrying the method (AutoModel, no task head), in eval mode.
     Loaded, not copied from a model in memory: a 7B embedder is not initialised twice."""
     return AutoModel.from_pretrained(path, config=apply_rope(config, resolved), dtype=dtype,
-                                     attn_implementation=attn_implementation).eval()
+                                     attn_implementation=attn_implementation, **NO_HUB_KERNELS).eval()
 
 
 def describe(resolved: ResolvedRope) -> str:

@@ -17,6 +17,12 @@ from extend.rope.remapped import ATTENTION_NAME as REMAPPED_ATTENTION
 from extend.rope.remapped import uses_remapped_attention
 
 
+# transformers (5.2x, with the `kernels` package it depends on) swaps layers for kernels fetched from the Hub
+# by default: on a GPU that downloads code at load time (an offline load fails) and replaces the modules the
+# position methods are measured and tested with. extend loads every model without them.
+NO_HUB_KERNELS = {"use_kernels": False}
+
+
 def model_location(model: ModelConfig) -> str:
     """Where from_pretrained finds the base: the cached tiny base (built first if needed), an existing
     local folder, or a Hub id. Presets are built from configs and have no location."""
@@ -107,6 +113,7 @@ def load_base_model(model: ModelConfig, config: PreTrainedConfig, seed: int = 0,
         attn_implementation=attention_for(config, model.attn_implementation),
         quantization_config=quantization_config(quantize, dtype) if quantize else None,
         **(placement.load_kwargs() if placement is not None else {}),
+        **NO_HUB_KERNELS,
     ))
 
 
@@ -140,5 +147,5 @@ def load_pretrained(path: str | Path, attn_implementation: str = "sdpa", **kwarg
     lm_infinite, self_extend) or extend's modules (clex: the trained ODE, frequencies continuous in the length)."""
     config = AutoConfig.from_pretrained(str(path))
     return with_position_modules(AutoModelForCausalLM.from_pretrained(
-        str(path), attn_implementation=attention_for(config, attn_implementation), **kwargs
+        str(path), attn_implementation=attention_for(config, attn_implementation), **{**NO_HUB_KERNELS, **kwargs}
     ))

@@ -16,6 +16,7 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, InternVLConfi
                           PretrainedConfig)
 
 from extend.config import ConfigError, RopeConfig, VisionConfig
+from extend.models.loading import NO_HUB_KERNELS
 from extend.rope import METHODS, ResolvedRope, apply_rope, resolve_rope
 
 # model_type -> the class that builds it. Only InternVL (transformers' implementation, Qwen2 language
@@ -113,4 +114,5 @@ def build_model(name: str, config: PretrainedConfig, dtype: torch.dtype, attn_im
     if name in PRESETS:
         torch.manual_seed(seed)
         return AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
-    return family.from_pretrained(name, config=config, dtype=dtype, attn_implementation=attn_implementation)
+    return family.from_pretrained(name, config=config, dtype=dtype, attn_implementation=attn_implementation,
+                                  **NO_HUB_KERNELS)
