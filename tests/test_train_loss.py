@@ -70,9 +70,10 @@ def test_frozen_head_gets_no_gradient_and_bf16_works():
     assert torch.allclose(grad.float(), hidden.grad.float(), atol=1e-2)
 
 
-def test_a_wrapped_head_in_bf16_matches_the_plain_loss():
+@pytest.mark.parametrize("make_head", [lambda: nn.Linear(32, 500, bias=True), WrappedHead], ids=["linear", "wrapped"])
+def test_a_trained_head_in_bf16_matches_the_plain_loss(make_head):
     torch.manual_seed(3)
-    head = WrappedHead().to(torch.bfloat16)
+    head = make_head().to(torch.bfloat16)
     hidden = torch.randn(1, 60, 32, dtype=torch.bfloat16, requires_grad=True)
     labels = torch.randint(0, 500, (1, 60))
     (full, _, gh_full, gw_full), (chunked, _, gh, gw) = [loss_and_grads(head, hidden, labels, None, chunk)
