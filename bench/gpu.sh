@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmark: ours against Trainer + peft LoRA and TRL's SFTTrainer on one GPU, the loss kernels of
-# train.loss against each other, then sequence parallelism on two GPUs when there are two, as one script
-# (about 8-12 minutes on one H200-class GPU, start-up included; the sequence-parallel step adds about 5 more
+# The GPU benchmark: the loss kernels of train.loss against each other, ours against Trainer + peft LoRA and
+# TRL's SFTTrainer on one GPU, then sequence parallelism on two GPUs when there are two, as one script
+# (more than 9 minutes on one H200, start-up included: the first run, whose two peers failed early, was cut
+# there in its last loss case; each step's start time is logged; the sequence-parallel step adds about 5 more
 # on two).
 #
 #   bash bench/gpu.sh [OUT_DIR]            # on the GPU machine, from the repository root
@@ -59,10 +60,14 @@ PY
         echo "bench/gpu.sh: optional package $pkg is not installed: its step is skipped (carry it as a wheel in .whl/, as above)"
     done
     "$python" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-    "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
+    # The loss kernels first: about 2 minutes, then the training runs (a fresh process per system and length).
+    date -u +"%H:%M:%S loss kernels"
     "$python" -m bench.studies.loss_kernels --device cuda --dtype bfloat16 --repeats 3 \
         --cases 2048x32000x32768 4096x128256x8192 4096x128256x8192+head \
         --out "$out/loss_kernels.json"
+    date -u +"%H:%M:%S training: ours, Trainer + peft, TRL"
+    "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
+    date -u +"%H:%M:%S done"
 
 
     # Sequence parallelism (DeepSpeed Ulysses, accelerate.sequence_parallel_size): the same 1B-shaped LoRA
