@@ -125,9 +125,6 @@ def test_a_saved_model_loads_where_the_placement_says(tmp_path):
 def test_models_load_without_hub_kernels(tmp_path):
     """transformers turns Hub kernels on by default where `kernels` is installed, and on a GPU then fetches
     code from the Hub as the model switches to training (offline: an error). extend's loaders keep them off."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import is_kernels_available
-
     from extend.models.loading import load_base_model, load_pretrained
 
     build_random(tiny_config(300), seed=0).save_pretrained(tmp_path / "m")
@@ -135,5 +132,3 @@ def test_models_load_without_hub_kernels(tmp_path):
     cond.model = ModelConfig(name_or_path=str(tmp_path / "m"))
     for model in (load_base_model(cond.model, cond.config), load_pretrained(tmp_path / "m")):
         assert model.train().use_kernels is False
-    if is_kernels_available():  # what a stock load does here: the reason for the above
-        assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").use_kernels is True
