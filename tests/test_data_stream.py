@@ -210,3 +210,32 @@ def test_run_killed_while_tokenising_resumes_to_the_bytes_of_a_clean_run(tmp_pat
     prepare(fresh, log=lambda _: None)
     files = lambda folder: {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     assert files(killed) == files(clean) and len(files(clean)) == 2 + 32
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("VmRSS")
+
+
+def test_tokens_on_disk_read_as_slices_without_growing_resident_memory(tmp_path):
+    """A stage draws pieces from all over a source: reading them must not leave the source in memory (a
+    memory map did: the kernel maps the pages around every touched page)."""
+    from extend.data.tokenize import OnDisk
+
+    ids = np.random.default_rng(0).integers(0, 50_000, 32 << 20, dtype=np.int32)  # 128 MB of token ids
+    ids.tofile(tmp_path / "ids.bin")
+    disk = OnDisk(tmp_path / "ids.bin", np.int32, len(ids))
+    assert len(disk) == len(ids)
+    np.testing.assert_array_equal(disk[5:9], ids[5:9])
+    np.testing.assert_array_equal(disk[len(ids) - 3 :], ids[-3:])
+    assert disk[7:7].shape == (0,) and disk[10:5].shape == (0,)
+    np.testing.assert_array_equal(np.asarray(OnDisk(tmp_path / "ids.bin", np.int32, 10)), ids[:10])
+    with pytest.raises(TypeError, match="contiguous slices"):
+        disk[[1, 2]]
+    starts = np.random.default_rng(1).integers(0, len(ids) - 256, 4000)
+    before = _rss_bytes()
+    total = sum(int(disk[a : a + 256].sum()) for a in starts)
+    assert total == sum(int(ids[a : a + 256].sum()) for a in starts)
+    assert _rss_bytes() - before < 16 << 20  # 4,000 pieces of 1 KB: a memory map kept all 128 MB resident here

@@ -15,7 +15,8 @@ bytes of the documents, not of the JSON) reaches S x 10^6 bytes, linked into `DI
 ours: `data=jsonl` on that folder, tokenizer `tiny`, one pretraining stage of a fixed size
 (--stage-tokens, default 8M tokens at length 1024) whatever the corpus size, so what grows is the input
 alone. Memory is sampled every 0.2 s as the sum of PSS (proportional set size, /proc/<pid>/smaps_rollup)
-over the process and its workers, plus the largest single process's RSS (the kernel's ru_maxrss).
+over the process and its workers, the same sum of anonymous PSS (Pss_Anon: without the page cache of
+memory-mapped files, which the kernel drops under pressure), and the largest single process's RSS.
 baseline: `datasets.load_dataset("json")` of the same files, `map(tokenize, batched=True, num_proc)` with the
 same tokenizer, then `map(group_texts, batched=True, num_proc)` (transformers' run_clm recipe), Arrow cache
 in a fresh folder; measured the same way.
@@ -76,43 +77,58 @@ def build_corpus(folder: Path, sizes_mb: list[int]) -> dict[int, dict]:
     return out
 
 
-def _tree_memory(proc) -> tuple[int, int]:
-    """(sum of PSS, largest RSS) over `proc` and its descendants, in bytes."""
+def _anon_pss(pid: int) -> int:
+    """Pss_Anon of one process (bytes): its share of the memory no file backs, what the kernel cannot drop
+    under pressure, unlike the page cache of memory-mapped files (Pss_File)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss_Anon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tree_memory(proc) -> tuple[int, int, int]:
+    """(sum of PSS, largest RSS, sum of anonymous PSS) over `proc` and its descendants, in bytes."""
     import psutil
 
-    pss, rss = 0, 0
+    pss, rss, anon = 0, 0, 0
     try:
         procs = [proc] + proc.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0, 0
+        return 0, 0, 0
     for p in procs:
         try:
             info = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            anon += _anon_pss(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
             continue
         pss += info.pss
         rss = max(rss, info.rss)
-    return pss, rss
+    return pss, rss, anon
 
 
 def measured(cmd: list[str], kill_after: float | None = None, interval: float = 0.2) -> dict:
-    """Run `cmd` in its own session, sampling its memory; SIGKILL the whole session after `kill_after` s."""
+    """Run `cmd` in its own session, sampling its memory; SIGKILL the whole session after `kill_after` s.
+    Besides the peaks, a timeline: every 5 s, the seconds and the PSS and anonymous PSS then (MB)."""
     import psutil
 
     start = time.perf_counter()
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     proc = psutil.Process(popen.pid)
-    peak_pss, peak_rss = 0, 0
+    peak_pss, peak_rss, peak_anon, timeline = 0, 0, 0, []
     while popen.poll() is None:
-        pss, rss = _tree_memory(proc)
-        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
-        if kill_after is not None and time.perf_counter() - start > kill_after:
+        pss, rss, anon = _tree_memory(proc)
+        peak_pss, peak_rss, peak_anon = max(peak_pss, pss), max(peak_rss, rss), max(peak_anon, anon)
+        now = time.perf_counter() - start
+        if not timeline or now - timeline[-1][0] >= 5:
+            timeline.append((round(now, 1), round(pss / 2**20), round(anon / 2**20)))
+        if kill_after is not None and now > kill_after:
             os.killpg(popen.pid, signal.SIGKILL)  # the process and its workers, as a node failure would
             break
         time.sleep(interval)
     out, err = popen.communicate()
     return {"seconds": time.perf_counter() - start, "returncode": popen.returncode, "peak_pss_mb": peak_pss / 2**20,
-            "peak_rss_mb": peak_rss / 2**20, "stdout": out, "stderr": err[-3000:]}
+            "peak_rss_mb": peak_rss / 2**20, "peak_anon_pss_mb": peak_anon / 2**20,
+            "timeline_s_pss_anon_mb": timeline, "stdout": out, "stderr": err[-3000:]}
 
 
 def ours_cmd(corpus: str, out: Path, num_proc: int, length: int, stage_tokens: int, cache_dir: str) -> list[str]:

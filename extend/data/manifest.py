@@ -5,7 +5,7 @@ Layout of `data.output_dir` (default `data/<tokenizer>-<sources>-<fingerprint>`,
     summary.md                             the summary table data_prep prints, with a legend of its columns
     manifest.json                          written last: its presence marks the folder complete
     .work/                                 only while a run is in progress (token blocks and their markers,
-                                           memory-mapped token arrays, run identity)
+                                           joined token files, run identity)
 
 Every file is written to a temporary name and renamed into place, so a killed run leaves only whole
 files; a rerun with the same identity skips the shards already there and ends with the same bytes.

@@ -4,7 +4,7 @@
     -> decide what the output folder holds (up to date / resume / fresh)
     -> tokenise each source, streaming, into .work/ (blocks with completion markers; a resumed run skips
        finished blocks; with data.shard_index set, only this node's blocks, then stop)
-    -> per curriculum stage: draw documents, pack rows, write shards (token ids memory-mapped)
+    -> per curriculum stage: draw documents, pack rows, write shards (token ids read from disk)
     -> summary.md (the summary table and its legend), manifest.json last; print the summary
 
 Reading a source streams its documents twice (once to check and hash them, once to tokenise them); no list
@@ -157,7 +157,7 @@ def _claim(out: Path, existing: dict | None, identity: dict, config: dict, overw
 
 def _tokenize(raws: dict[str, RawSource], names: list[str], data: DataConfig, tokenizer,
               work: Path) -> list[TokenizedSource] | None:
-    """Tokenised sources in `names` order, memory-mapped from `work` (a resumed run skips finished blocks);
+    """Tokenised sources in `names` order, read from `work` (a resumed run skips finished blocks);
     None when data.shard_index is set (this node's share is done)."""
     out = []
     for i, name in enumerate(names):
@@ -210,7 +210,7 @@ def _stage_report(plan: StagePlan, rows: list[list[Piece]], order: list[Piece], 
     for row in rows:
         for s, a, b in row:
             real[s] += b - a
-            # The first token of every piece has no label (see packing.py). Targets may be memory-mapped:
+            # The first token of every piece has no label (see packing.py). Targets may be on disk:
             # summed piece by piece, never as a cumulative array over the whole source.
             target[s] += int(np.count_nonzero(sources[s].targets[a + 1 : b]))
     for s, src in enumerate(sources):

@@ -10,7 +10,7 @@ completion: consecutive documents up to BLOCK_DOCS documents or BLOCK_CHARS char
 block's token ids, target flags and document lengths are renamed into place, then its marker is written;
 a rerun skips every block with a marker, and a node with `shard_index` set tokenises only the blocks
 b with b % num_shards == shard_index. Once every block of a source is done, the blocks are joined into
-ids.bin / targets.bin / offsets.npy, which the packer memory-maps. Block boundaries depend on the
+ids.bin / targets.bin / offsets.npy, which the packer reads piece by piece (`OnDisk`). Block boundaries depend on the
 documents alone (not on num_proc or the number of nodes), so every split of the work gives the same bytes.
 """
 
@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import socket
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from itertools import chain
@@ -42,16 +43,44 @@ BLOCK_CHARS = 32 << 20
 TOKENS_DONE = "tokens.json"
 
 
+class OnDisk:
+    """A flat array in a file, read by contiguous slices (`a[start:stop]`) with positioned reads.
+
+    Not a memory map: the packer reads a stage's pieces from all over a source, and the kernel maps pages
+    around every page a memory map touches, so a stage of 8M tokens drawn from a 1 GB corpus left most of
+    the corpus's token files in the process's resident memory. A read copies only the slice asked for."""
+
+    def __init__(self, path: Path, dtype: np.dtype, length: int):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError(f"{self.path.name}: read contiguous slices (a[start:stop]), not {key!r}")
+        start, stop, _ = key.indices(self.length)
+        count = max(stop - start, 0)
+        data = os.pread(self._fd, count * self.dtype.itemsize, start * self.dtype.itemsize)
+        return np.frombuffer(data, dtype=self.dtype, count=count).copy()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
 @dataclass
 class TokenizedSource:
     """All documents of one source back to back; `offsets[i]:offsets[i+1]` is document i (EOS included).
 
-    `ids` and `targets` are arrays in memory or memory-mapped files (`open_tokenized`); only `offsets` (8
-    bytes per document) is always in memory."""
+    `ids` and `targets` are arrays in memory or, from `open_tokenized`, files read slice by slice (`OnDisk`);
+    only `offsets` (8 bytes per document) is always in memory."""
 
     name: str
-    ids: np.ndarray  # int32
-    targets: np.ndarray  # bool: the token is a training target (its label is kept)
+    ids: np.ndarray | OnDisk  # int32
+    targets: np.ndarray | OnDisk  # bool: the token is a training target (its label is kept)
     offsets: np.ndarray  # int64, one more than there are documents
     atomic: bool  # documents must stay in one row
 
@@ -220,25 +249,20 @@ def _write_json(obj, path: Path) -> None:
 
 
 def open_tokenized(name: str, folder: Path) -> TokenizedSource | None:
-    """The joined source in `folder`, memory-mapped; None while it is not complete."""
+    """The joined source in `folder`, read from its files (`OnDisk`); None while it is not complete."""
     done = folder / TOKENS_DONE
     if not done.exists():
         return None
     info = json.loads(done.read_text())
-
-    def mapped(part: str) -> np.ndarray:
-        if info["tokens"] == 0:
-            return np.zeros(0, PARTS[part])
-        return np.memmap(folder / f"{part}.bin", dtype=PARTS[part], mode="r", shape=(info["tokens"],))
-
     offsets = np.load(folder / "offsets.npy")
-    return TokenizedSource(name, mapped("ids"), mapped("targets"), offsets, info["atomic"])
+    ids, targets = (OnDisk(folder / f"{part}.bin", PARTS[part], info["tokens"]) for part in ("ids", "targets"))
+    return TokenizedSource(name, ids, targets, offsets, info["atomic"])
 
 
 def tokenize_to_disk(raw: RawSource, tokenizer, folder: Path, *, mask_prompt: bool, add_bos: bool, num_proc: int,
                      shard_index: int | None = None, num_shards: int = 1) -> TokenizedSource | None:
     """Tokenise `raw` into `folder` block by block (see the module docstring), skipping blocks already done;
-    the joined, memory-mapped source, or None when `shard_index` is set (this node's blocks are done, the
+    the joined source read from disk, or None when `shard_index` is set (this node's blocks are done, the
     source is joined by a run without shard_index)."""
     _check_bos(tokenizer, add_bos)
     if (joined := open_tokenized(raw.name, folder)) is not None:
