@@ -46,10 +46,27 @@ def exits(monkeypatch):
     return calls
 
 
-def watch(store, rank: int, run_id: str, timeout: float = 1.0) -> PeerWatch:
-    env = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "GROUP_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": run_id}
-    return PeerWatch(timeout, interval=0.1, env=env)
+INTERVAL = 0.1  # the watchers' beat, in seconds
+
+
+@pytest.fixture
+def watch(store, exits):
+    """Makes a watcher of rank `rank` on the test's store. Every watcher a test made is stopped when the test
+    ends, pass or fail, before os._exit is restored: one left beating would end the test session."""
+    made: list[PeerWatch] = []
+
+    def make(rank: int, run_id: str, timeout: float = 1.0) -> PeerWatch:
+        env = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "GROUP_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+               "TORCHELASTIC_RUN_ID": run_id}
+        made.append(PeerWatch(timeout, interval=INTERVAL, env=env))
+        return made[-1]
+
+    yield make
+    for watcher in made:
+        watcher._stop.set()
+        if watcher._thread is not None:
+            watcher._thread.join()
 
 
 def wait_for(condition, seconds: float) -> bool:
@@ -61,8 +78,8 @@ def wait_for(condition, seconds: float) -> bool:
     return False
 
 
-def test_a_silent_peer_stops_the_run_naming_it(store, exits, capsys):
-    node0, node1 = watch(store, 0, "silent"), watch(store, 1, "silent")
+def test_a_silent_peer_stops_the_run_naming_it(watch, exits, capsys):
+    node0, node1 = watch(0, "silent"), watch(1, "silent")
     node0.__enter__(), node1.__enter__()
     time.sleep(0.5)
     assert exits == []  # both beating
@@ -70,15 +87,15 @@ def test_a_silent_peer_stops_the_run_naming_it(store, exits, capsys):
     node1._thread.join()
     started = time.monotonic()
     assert wait_for(lambda: exits, 5), "the watcher never noticed"
-    assert 1.0 <= time.monotonic() - started < 2.5  # after the timeout, within a beat or two
+    # The timeout runs from node 1's last beat, up to one beat before it stopped; then within a beat or two.
+    assert 1.0 - INTERVAL <= time.monotonic() - started < 2.5
     assert exits[0] == nodes.LOST_PEER_EXIT
     assert f"lost peer: rank 1 (host {socket.gethostname()}, node 1) sent no heartbeat" in node0.lost
     assert "error: lost peer: rank 1" in capsys.readouterr().err
-    node0._stop.set()
 
 
-def test_a_peer_that_finished_is_not_lost(store, exits):
-    node0, node1 = watch(store, 0, "finished"), watch(store, 1, "finished")
+def test_a_peer_that_finished_is_not_lost(watch, exits):
+    node0, node1 = watch(0, "finished"), watch(1, "finished")
     node0.__enter__(), node1.__enter__()
     node1.__exit__(None, None, None)  # left the watched part of the run normally
     time.sleep(2.0)
@@ -86,14 +103,13 @@ def test_a_peer_that_finished_is_not_lost(store, exits):
     node0.__exit__(None, None, None)
 
 
-def test_the_other_processes_stop_with_the_watchers_message(store, exits):
-    node0, node1 = watch(store, 0, "abort"), watch(store, 1, "abort")
+def test_the_other_processes_stop_with_the_watchers_message(store, watch, exits):
+    node0, node1 = watch(0, "abort"), watch(1, "abort")
     node1.watching = False  # not its node's first process: it only listens
     node0.__enter__(), node1.__enter__()
     dist.PrefixStore(node0.prefix, store).set("abort", "lost peer: rank 7 (host x, node 3) ...")
     assert wait_for(lambda: len(exits) >= 2, 3)
     assert node1.lost == node0.lost == "lost peer: rank 7 (host x, node 3) ..."
-    node0._stop.set(), node1._stop.set()
 
 
 def test_off_on_one_process_or_without_torchrun(store):
