@@ -239,3 +239,11 @@ def test_tokens_on_disk_read_as_slices_without_growing_resident_memory(tmp_path)
     total = sum(int(disk[a : a + 256].sum()) for a in starts)
     assert total == sum(int(ids[a : a + 256].sum()) for a in starts)
     assert _rss_bytes() - before < 16 << 20  # 4,000 pieces of 1 KB: a memory map kept all 128 MB resident here
+
+
+def test_a_token_file_shorter_than_its_record_is_an_error(tmp_path):
+    from extend.data.tokenize import OnDisk
+
+    np.arange(10, dtype=np.int32).tofile(tmp_path / "ids.bin")
+    with pytest.raises(EOFError, match="ends before element 12 of 12"):
+        OnDisk(tmp_path / "ids.bin", np.int32, 12)[8:12]

@@ -10,8 +10,9 @@ completion: consecutive documents up to BLOCK_DOCS documents or BLOCK_CHARS char
 block's token ids, target flags and document lengths are renamed into place, then its marker is written;
 a rerun skips every block with a marker, and a node with `shard_index` set tokenises only the blocks
 b with b % num_shards == shard_index. Once every block of a source is done, the blocks are joined into
-ids.bin / targets.bin / offsets.npy, which the packer reads piece by piece (`OnDisk`). Block boundaries depend on the
-documents alone (not on num_proc or the number of nodes), so every split of the work gives the same bytes.
+ids.bin / targets.bin / offsets.npy, which the packer reads piece by piece (`OnDisk`). Block boundaries
+depend on the documents alone (not on num_proc or the number of nodes), so every split of the work gives
+the same bytes.
 """
 
 from __future__ import annotations
@@ -62,9 +63,14 @@ class OnDisk:
         if not isinstance(key, slice) or key.step not in (None, 1):
             raise TypeError(f"{self.path.name}: read contiguous slices (a[start:stop]), not {key!r}")
         start, stop, _ = key.indices(self.length)
-        count = max(stop - start, 0)
-        data = os.pread(self._fd, count * self.dtype.itemsize, start * self.dtype.itemsize)
-        return np.frombuffer(data, dtype=self.dtype, count=count).copy()
+        out = np.empty(max(stop - start, 0), self.dtype)
+        view, done, offset = memoryview(out).cast("B"), 0, start * self.dtype.itemsize
+        while done < len(view):  # one read returns at most ~2 GB on Linux
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n == 0:
+                raise EOFError(f"{self.path}: the file ends before element {stop} of {self.length}")
+            done += n
+        return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[:]
