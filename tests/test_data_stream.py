@@ -212,16 +212,10 @@ def test_run_killed_while_tokenising_resumes_to_the_bytes_of_a_clean_run(tmp_pat
     assert files(killed) == files(clean) and len(files(clean)) == 2 + 32
 
 
-def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError("VmRSS")
-
-
 def test_tokens_on_disk_read_as_slices_without_growing_resident_memory(tmp_path):
     """A stage draws pieces from all over a source: reading them must not leave the source in memory (a
     memory map did: the kernel maps the pages around every touched page)."""
+    from bench.lib.training_harness import rss_gb
     from extend.data.tokenize import OnDisk
 
     ids = np.random.default_rng(0).integers(0, 50_000, 32 << 20, dtype=np.int32)  # 128 MB of token ids
@@ -235,10 +229,10 @@ def test_tokens_on_disk_read_as_slices_without_growing_resident_memory(tmp_path)
     with pytest.raises(TypeError, match="contiguous slices"):
         disk[[1, 2]]
     starts = np.random.default_rng(1).integers(0, len(ids) - 256, 4000)
-    before = _rss_bytes()
+    before = rss_gb()
     total = sum(int(disk[a : a + 256].sum()) for a in starts)
     assert total == sum(int(ids[a : a + 256].sum()) for a in starts)
-    assert _rss_bytes() - before < 16 << 20  # 4,000 pieces of 1 KB: a memory map kept all 128 MB resident here
+    assert rss_gb() - before < 16 / 1024  # 4,000 pieces of 1 KB: a memory map kept all 128 MB resident here
 
 
 def test_a_token_file_shorter_than_its_record_is_an_error(tmp_path):

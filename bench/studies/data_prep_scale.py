@@ -77,13 +77,14 @@ def build_corpus(folder: Path, sizes_mb: list[int]) -> dict[int, dict]:
     return out
 
 
-def _anon_pss(pid: int) -> int:
-    """Pss_Anon of one process (bytes): its share of the memory no file backs, what the kernel cannot drop
-    under pressure, unlike the page cache of memory-mapped files (Pss_File)."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss_Anon:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _rollup(pid: int) -> dict[str, int]:
+    """/proc/<pid>/smaps_rollup in bytes: Rss, Pss and Pss_Anon (its share of the memory no file backs, what
+    the kernel cannot drop under pressure, unlike the page cache of memory-mapped files) among others."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:  # after the address line
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0]) * 1024
+    return fields
 
 
 def _tree_memory(proc) -> tuple[int, int, int]:
@@ -97,12 +98,10 @@ def _tree_memory(proc) -> tuple[int, int, int]:
         return 0, 0, 0
     for p in procs:
         try:
-            info = p.memory_full_info()
-            anon += _anon_pss(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
+            fields = _rollup(p.pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        pss += info.pss
-        rss = max(rss, info.rss)
+        pss, rss, anon = pss + fields["Pss"], max(rss, fields["Rss"]), anon + fields.get("Pss_Anon", 0)
     return pss, rss, anon
 
 
