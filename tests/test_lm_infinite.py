@@ -57,12 +57,16 @@ def reference(q, k, v, n_global: int, local: int, limit: int, theta: float, scal
     return out
 
 
-def test_attention_matches_the_per_pair_reference():
+# None: every query in one chunk; 5: chunks of 5 queries, each scoring only the keys up to its last query.
+@pytest.mark.parametrize("queries_per_chunk", [None, 5])
+def test_attention_matches_the_per_pair_reference(monkeypatch, queries_per_chunk):
     config = config_for(factor=4, original_max_position_embeddings=8, global_tokens=3, local_window=6,
                         distance_limit=5)
     module = SimpleNamespace(config=config, training=False)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, n, 24, 16, generator=gen) for n in (4, 2, 2))
+    if queries_per_chunk:
+        monkeypatch.setattr("extend.rope.remapped.CHUNK_ELEMENTS", queries_per_chunk * q.shape[1] * k.shape[2])
     out, _ = remapped_attention(module, q, k, v, None, scaling=0.25)
     want = reference(q[0], k[0], v[0], n_global=3, local=6, limit=5, theta=10000.0, scale=0.25)
     assert torch.allclose(out[0].transpose(0, 1).double(), want, atol=2e-5)

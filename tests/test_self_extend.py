@@ -44,11 +44,15 @@ def test_grouped_positions_follow_the_paper():
     assert [relative_position(20, j, 3, 4) for j in (20, 17, 16, 15, 12, 0)] == [0, 3, 9 - 5, 9 - 5, 9 - 4, 9]
 
 
-def test_attention_matches_the_per_pair_reference():
+# None: every query in one chunk; 5: chunks of 5 queries, each scoring only the keys up to its last query.
+@pytest.mark.parametrize("queries_per_chunk", [None, 5])
+def test_attention_matches_the_per_pair_reference(monkeypatch, queries_per_chunk):
     config = config_for(factor=2, original_max_position_embeddings=12, group_size=3, neighbor_window=4)  # reach 28
     module = SimpleNamespace(config=config, training=False)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, n, 24, 16, generator=gen) for n in (4, 2, 2))
+    if queries_per_chunk:
+        monkeypatch.setattr("extend.rope.remapped.CHUNK_ELEMENTS", queries_per_chunk * q.shape[1] * k.shape[2])
     out, _ = remapped_attention(module, q, k, v, None, scaling=0.25)
     got = out[0].transpose(0, 1).double()
     assert torch.allclose(got, reference(q[0], k[0], v[0], group=3, window=4, theta=10000.0, scale=0.25), atol=2e-5)

@@ -19,7 +19,9 @@ and merged per pair before one softmax. Registrations, done by `import extend`:
 
 The attention is computed in chunks of queries (explicit matmul, softmax in float32): memory is
 O(chunk x keys) per layer and time quadratic in length, also for LM-Infinite, whose Λ-mask the reference
-exploits for linear time. The rotation follows the rotate-half convention (Llama, Mistral, Qwen, SmolLM2).
+exploits for linear time. A chunk scores only the keys up to its last query (causal decoders), near only
+from its first key inside the window and far only up to the last key a far pair can see (LM-Infinite: its
+global tokens), so each costs about one causal score matmul (LM-Infinite less: its window). The rotation follows the rotate-half convention (Llama, Mistral, Qwen, SmolLM2).
 With a KV cache, cached keys are taken to sit at consecutive positions ending at the newest query's.
 """
 
@@ -46,11 +48,13 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class Layout:
     """How a method places pairs. `far(p, q_pos, k_pos)` -> the positions of the far rotation (q_far (b, Q),
-    k_far (b, K)); `pairs(p, q_pos, k_pos)` -> (near (b, Q, K): rotated at m - n, visible (b, Q, K))."""
+    k_far (b, K)); `pairs(p, q_pos, k_pos)` -> (near (b, Q, K): rotated at m - n, visible (b, Q, K));
+    `far_keys(p, k_pos)` -> (b, K): the keys a far pair can be visible at (only those are scored far)."""
 
     params: type
     far: Callable[[Any, Tensor, Tensor], tuple[Tensor, Tensor]]
     pairs: Callable[[Any, Tensor, Tensor], tuple[Tensor, Tensor]]
+    far_keys: Callable[[Any, Tensor], Tensor]
 
 
 def _distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
@@ -69,6 +73,11 @@ def lm_infinite_pairs(p: LmInfiniteParams, q_pos: Tensor, k_pos: Tensor) -> tupl
     return near, near | (k_pos < p.global_tokens)[:, None, :]
 
 
+def lm_infinite_far_keys(p: LmInfiniteParams, k_pos: Tensor) -> Tensor:
+    """Beyond the window only the first `global_tokens` are seen."""
+    return k_pos < p.global_tokens
+
+
 def self_extend_far(p: SelfExtendParams, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
     """Grouped positions: queries at floor(m / G) + w - floor(w / G), keys at floor(n / G) (Jin et al., 2024)."""
     window, group = p.effective_neighbor_window, p.effective_group_size
@@ -81,9 +90,13 @@ def self_extend_pairs(p: SelfExtendParams, q_pos: Tensor, k_pos: Tensor) -> tupl
     return near, torch.ones_like(near)
 
 
+def self_extend_far_keys(p: SelfExtendParams, k_pos: Tensor) -> Tensor:
+    return torch.ones_like(k_pos, dtype=torch.bool)
+
+
 LAYOUTS: dict[str, Layout] = {
-    LM_INFINITE_ROPE_TYPE: Layout(LmInfiniteParams, lm_infinite_far, lm_infinite_pairs),
-    SELF_EXTEND_ROPE_TYPE: Layout(SelfExtendParams, self_extend_far, self_extend_pairs),
+    LM_INFINITE_ROPE_TYPE: Layout(LmInfiniteParams, lm_infinite_far, lm_infinite_pairs, lm_infinite_far_keys),
+    SELF_EXTEND_ROPE_TYPE: Layout(SelfExtendParams, self_extend_far, self_extend_pairs, self_extend_far_keys),
 }
 
 
@@ -162,20 +175,37 @@ def remapped_attention(module, query: Tensor, key: Tensor, value: Tensor, attent
     keys = [rotate(key, k_pos, inv_freq), rotate(key, k_far_pos, inv_freq)]
     k_near, k_far = (k.repeat_interleave(repeats, dim=1) if repeats > 1 else k for k in keys)
     value = value.repeat_interleave(repeats, dim=1) if repeats > 1 else value
-    q_near, q_far = rotate(query, q_pos, inv_freq), rotate(query, q_far_pos, inv_freq)
+    q_near, q_far = (rotate(query, pos, inv_freq) * scaling for pos in (q_pos, q_far_pos))
     allowed = _allowed(attention_mask, batch, q_len, kv_len, query.device)
 
+    # Only the keys a chunk can see are scored: none past its last query (a causal decoder's mask hides them),
+    # rotated near only from the chunk's first near key on (the neighbour or local window), rotated far only
+    # up to the last key a far pair can be visible at (LM-Infinite: its global tokens).
+    causal = getattr(module, "is_causal", True)
+    far_keys = layout.far_keys(params, k_pos).any(dim=0).nonzero()
+    far_end = int(far_keys[-1]) + 1 if far_keys.numel() else 0
     out = query.new_empty(batch, heads, q_len, value.shape[-1])
     chunk = max(1, CHUNK_ELEMENTS // max(1, batch * heads * kv_len))
     for start in range(0, q_len, chunk):
         rows = slice(start, min(start + chunk, q_len))
-        near, visible = layout.pairs(params, q_pos[:, rows], k_pos)
-        scores = torch.where(near[:, None], q_near[:, :, rows] @ k_near.transpose(-1, -2),
-                             q_far[:, :, rows] @ k_far.transpose(-1, -2)).to(torch.float32) * scaling
-        keep = visible[:, None] & allowed[:, :, rows]
+        end = min(kv_len, kv_len - q_len + rows.stop) if causal else kv_len
+        near, visible = layout.pairs(params, q_pos[:, rows], k_pos[:, :end])
+        # A visible pair is near (a key from the chunk's first near one on) or far (a key before far_end):
+        # the keys in neither are masked below, so their zero scores never count.
+        near_keys = near.any(dim=1).any(dim=0).nonzero()
+        start = int(near_keys[0]) if near_keys.numel() else end
+        far = min(far_end, end)
+        scores = q_near.new_empty(batch, heads, rows.stop - rows.start, end)
+        scores[..., far:start] = 0.0
+        scores[..., start:] = q_near[:, :, rows] @ k_near[:, :, start:end].transpose(-1, -2)
+        if far:
+            scores[..., :far] = torch.where(near[:, None, :, :far], scores[..., :far],
+                                            q_far[:, :, rows] @ k_far[:, :, :far].transpose(-1, -2))
+        scores = scores.float()
+        keep = visible[:, None] & allowed[:, :, rows, :end]
         probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1).nan_to_num(0.0)  # rows with no key: 0
         probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-        out[:, :, rows] = probs.to(value.dtype) @ value
+        out[:, :, rows] = probs.to(value.dtype) @ value[:, :, :end]
     return out.transpose(1, 2).contiguous(), None
 
 
