@@ -50,3 +50,11 @@ def test_method_study_runs_at_minimal_size(tmp_path, capsys):
     table = (tmp_path / "study" / "table.md").read_text()
     assert "| linear · anchor · no | fine-tuned (1 seed) |" in table and "| linear · anchor · no | no training" not in table
     assert "| linear | fine-tuned (2 seeds) |" in table
+
+    # Another seed of a saved row joins it: the row keeps seed 0 and gains seed 1, its result unchanged.
+    seed0 = saved["results"]["linear · anchor · no"]["fine_tuned"]["0"]
+    bench.main(["--methods", "linear", "--seeds", "1", "--attention", "anchor", "--add", "--out", str(tmp_path / "study"),
+                "--", *small])
+    row = json.loads((tmp_path / "study" / "results.json").read_text())["results"]["linear · anchor · no"]
+    assert set(row["fine_tuned"]) == {"0", "1"} and row["fine_tuned"]["0"] == seed0
+    assert "| linear · anchor · no | fine-tuned (2 seeds) |" in (tmp_path / "study" / "table.md").read_text()

@@ -19,8 +19,9 @@ Every run is evaluated by extend.eval (eval=tiny: held-out perplexity and passke
 same items for all). Writes DIR/results.json, DIR/table.md (mean and spread over seeds) and
 DIR/method_study.png (rewritten after every method, so an interrupted study keeps what it measured), and
 prints the table. Every method's config is validated before anything runs. Extra overrides after `--` go to
-every run (e.g. to shrink it). `--add` keeps the methods DIR/results.json already holds and adds (or replaces)
-the ones run now, so new methods join the table without rerunning the others; table.md then lists each command.
+every run (e.g. to shrink it). `--add` keeps what DIR/results.json already holds and adds (or replaces)
+the runs made now, so new methods join the table without rerunning the others, and a row run with other
+seeds keeps its saved ones (seeds are added one command at a time); table.md then lists each command.
 
 With `--attention` (train.attention options) and `--precision` (train.mixed_precision values), each method is
 fine-tuned once per combination instead, in rows "METHOD · ATTENTION · PRECISION" without a training-free row
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", nargs="+", default=["no"], choices=list(MIXED_PRECISION),
                         help="train.mixed_precision values to fine-tune with (with --attention)")
     parser.add_argument("--add", action="store_true",
-                        help="keep the methods in OUT/results.json and add (or replace) the ones run now")
+                        help="keep the rows (and a rerun row's other seeds) in OUT/results.json; add or replace the runs made now")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
     opts = parser.parse_args(argv)
     check_methods(opts.methods, opts.factor, opts.extra)
@@ -201,8 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     if opts.add and (opts.out / "results.json").is_file():
         saved = json.loads((opts.out / "results.json").read_text())
         commands = saved.get("commands") or [saved["command"]]
-        names = {row_name(*row) for row in rows}
-        earlier = {m: _int_keys(r) for m, r in saved["results"].items() if m not in names}
+        earlier = {m: _int_keys(r) for m, r in saved["results"].items()}
     command += " --add" if opts.add else ""
     results, text = {}, ""
     for method, attention, precision in rows:
@@ -215,9 +215,20 @@ def main(argv: list[str] | None = None) -> dict:
                           {seed: fine_tuned(method, opts.factor, seed, runs, opts.extra, attention, precision)
                            for seed in opts.seeds},
         }
-        text = write({**earlier, **results}, commands + [command], opts.out)
+        text = write(merged(earlier, results), commands + [command], opts.out)
     print(text)
     return results
+
+
+def merged(earlier: dict, new: dict) -> dict:
+    """The saved rows with the new runs in: a row run again keeps its saved seeds that were not rerun (so
+    seeds can be added one command at a time) and takes the new training-free result where there is one."""
+    rows = dict(earlier)
+    for name, result in new.items():
+        old = earlier.get(name, {"no_training": None, "fine_tuned": {}})
+        rows[name] = {"no_training": result["no_training"] if result["no_training"] is not None else old["no_training"],
+                      "fine_tuned": dict(sorted({**old["fine_tuned"], **result["fine_tuned"]}.items()))}
+    return rows
 
 
 def _int_keys(result: dict) -> dict:
