@@ -21,8 +21,9 @@ The attention is computed in chunks of queries (explicit matmul, softmax in floa
 O(chunk x keys) per layer and time quadratic in length, also for LM-Infinite, whose Λ-mask the reference
 exploits for linear time. A chunk scores only the keys up to its last query (causal decoders), near only
 from its first key inside the window and far only up to the last key a far pair can see (LM-Infinite: its
-global tokens), so each costs about one causal score matmul (LM-Infinite less: its window). The rotation follows the rotate-half convention (Llama, Mistral, Qwen, SmolLM2).
-With a KV cache, cached keys are taken to sit at consecutive positions ending at the newest query's.
+global tokens), so each costs about one causal score matmul (LM-Infinite less: its window). The rotation
+follows the rotate-half convention (Llama, Mistral, Qwen, SmolLM2). With a KV cache, cached keys are taken
+to sit at consecutive positions ending at the newest query's.
 """
 
 from __future__ import annotations
@@ -193,11 +194,11 @@ def remapped_attention(module, query: Tensor, key: Tensor, value: Tensor, attent
         # A visible pair is near (a key from the chunk's first near one on) or far (a key before far_end):
         # the keys in neither are masked below, so their zero scores never count.
         near_keys = near.any(dim=1).any(dim=0).nonzero()
-        start = int(near_keys[0]) if near_keys.numel() else end
+        first_near = int(near_keys[0]) if near_keys.numel() else end
         far = min(far_end, end)
         scores = q_near.new_empty(batch, heads, rows.stop - rows.start, end)
-        scores[..., far:start] = 0.0
-        scores[..., start:] = q_near[:, :, rows] @ k_near[:, :, start:end].transpose(-1, -2)
+        scores[..., far:first_near] = 0.0
+        scores[..., first_near:] = q_near[:, :, rows] @ k_near[:, :, first_near:end].transpose(-1, -2)
         if far:
             scores[..., :far] = torch.where(near[:, None, :, :far], scores[..., :far],
                                             q_far[:, :, rows] @ k_far[:, :, :far].transpose(-1, -2))
