@@ -53,8 +53,8 @@ def test_method_study_runs_at_minimal_size(tmp_path, capsys):
 
     # Another seed of a saved row joins it: the row keeps seed 0 and gains seed 1, its result unchanged.
     seed0 = saved["results"]["linear · anchor · no"]["fine_tuned"]["0"]
-    bench.main(["--methods", "linear", "--seeds", "1", "--attention", "anchor", "--add", "--out", str(tmp_path / "study"),
-                "--", *small])
+    bench.main(["--methods", "linear", "--seeds", "1", "--attention", "anchor", "--add",
+                "--out", str(tmp_path / "study"), "--", *small])
     row = json.loads((tmp_path / "study" / "results.json").read_text())["results"]["linear · anchor · no"]
     assert set(row["fine_tuned"]) == {"0", "1"} and row["fine_tuned"]["0"] == seed0
     assert "| linear · anchor · no | fine-tuned (2 seeds) |" in (tmp_path / "study" / "table.md").read_text()

@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", nargs="+", default=["no"], choices=list(MIXED_PRECISION),
                         help="train.mixed_precision values to fine-tune with (with --attention)")
     parser.add_argument("--add", action="store_true",
-                        help="keep the rows (and a rerun row's other seeds) in OUT/results.json; add or replace the runs made now")
+                        help="keep the rows in OUT/results.json (a rerun row keeps its other seeds); add or "
+                             "replace the runs made now")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
     opts = parser.parse_args(argv)
     check_methods(opts.methods, opts.factor, opts.extra)

@@ -53,8 +53,8 @@ def measure(model: str, lengths: list[int], factor: float, repeats: int) -> dict
         k, v = (torch.randn(1, kv_heads, length, head_dim, generator=gen) for _ in range(2))
         row = {"length": length}
         for method in METHODS:
-            module = SimpleNamespace(config=apply_rope(base, resolve_rope(RopeConfig(type=method, factor=factor), base)),
-                                     training=False, is_causal=True)
+            config = apply_rope(base, resolve_rope(RopeConfig(type=method, factor=factor), base))
+            module = SimpleNamespace(config=config, training=False, is_causal=True)
             row[method] = round(best_of(repeats, lambda: remapped_attention(module, q, k, v, None)), 6)
         k_rep, v_rep = (x.repeat_interleave(heads // kv_heads, dim=1) for x in (k, v))
         row["sdpa"] = round(best_of(repeats, lambda: torch.nn.functional.scaled_dot_product_attention(
