@@ -37,15 +37,27 @@ REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # 12 steps, so a SIGTERM sent after step 2 always arrives before the end.
 STAGES = "curriculum.stages=[{length: 64, steps: 6}, {length: 128, steps: 6}]"
+# The lost-node runs must still be training when a node is lost: 12 steps take under a second once both nodes
+# are up, less than the test's polling takes to notice step 2.
+LONG_STAGES = "curriculum.stages=[{length: 64, steps: 300}]"
+
+
+def prepared(tmp_path_factory, stages: str) -> Path:
+    from extend.data.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("data") / "tiny"
+    prepare(compose_typed(stages, f"data.output_dir={folder}"), log=lambda _: None)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from extend.data.prepare import prepare
+    return prepared(tmp_path_factory, STAGES)
 
-    folder = tmp_path_factory.mktemp("data") / "tiny"
-    prepare(compose_typed(STAGES, f"data.output_dir={folder}"), log=lambda _: None)
-    return folder
+
+@pytest.fixture(scope="module")
+def long_dataset_dir(tmp_path_factory) -> Path:
+    return prepared(tmp_path_factory, LONG_STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -273,11 +285,14 @@ def test_two_nodes_on_one_machine(saved_base, dataset_dir, tmp_path, reference):
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["node-dies", "node-hangs"])
-def test_a_lost_node_stops_the_other_within_a_minute_naming_it(saved_base, dataset_dir, tmp_path, how):
+def test_a_lost_node_stops_the_other_within_a_minute_naming_it(saved_base, long_dataset_dir, tmp_path, how):
     """Node 1 dies (its sockets close) or hangs (nothing closes, as when a machine drops off the network):
-    node 0 must stop on its own, well before the process group's 30-minute timeout, and say who is gone."""
+    node 0 must stop on its own, well before the process group's 30-minute timeout, and say who is gone.
+    A 10 s peer timeout (the default is 30 s) keeps the test short; the watch is the same."""
     run = tmp_path / "lost"
-    with two_nodes(overrides(saved_base, dataset_dir, run)) as (node0, node1):
+    args = overrides(saved_base, long_dataset_dir, run, LONG_STAGES, "train.checkpoint_every=0",
+                     "accelerate.peer_timeout=10")
+    with two_nodes(args) as (node0, node1):
         deadline = time.monotonic() + 400
         while "step      2/" not in node0.output and time.monotonic() < deadline and node0.proc.poll() is None:
             time.sleep(0.5)
@@ -288,6 +303,7 @@ def test_a_lost_node_stops_the_other_within_a_minute_naming_it(saved_base, datas
         took = time.monotonic() - lost_at
         output = node0.output
     assert code is not None, f"node 0 still running 90 s after node 1 was lost:\n{output[-3000:]}"
+    assert "step    300/" not in output, "the run ended before node 1 was lost; the test proves nothing"
     assert code != 0 and took < 60, (code, took, output[-3000:])
     assert f"lost peer: rank 1 (host {socket.gethostname()}, node 1)" in output, output[-3000:]
     print(f"node 0 stopped {took:.1f} s after node 1 was lost ({signal.Signals(how).name}), exit status {code}")
