@@ -5,7 +5,14 @@
 # there in its last loss case; each step's start time is logged; the sequence-parallel step adds about 5 more
 # on two).
 #
-#   bash bench/gpu.sh [OUT_DIR]            # on the GPU machine, from the repository root
+#   bash bench/gpu.sh [OUT_DIR] [options]  # on the GPU machine, from the repository root
+#
+# Options narrow the run to fit a time limit (each keeps its default when not given):
+#   --lengths "4096 16384 32768"     training tokens per row
+#   --systems "ours baseline trl"    ours, Trainer + peft (baseline), TRL's SFTTrainer (trl)
+#   --loss-cases "2048x32000x32768 4096x128256x8192 4096x128256x8192+head"   HIDDENxVOCABxTOKENS[+head];
+#                                    "" skips the loss kernels
+#   --no-sp                          skip the sequence-parallel step
 #
 # Needs torch (CUDA), transformers, peft, accelerate, hydra-core, omegaconf and datasets. On a machine
 # without network access, put the missing ones as wheels in .whl/ (the download command is printed below
@@ -21,7 +28,22 @@
 # Writes OUT_DIR/gpu.json, OUT_DIR/loss_kernels.json, OUT_DIR/gpu.log and OUT_DIR/sp/ (default results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-results/gpu}"
+out="results/gpu"
+if (($#)) && [[ "$1" != --* ]]; then out="$1"; shift; fi
+lengths="4096 16384 32768" systems="ours baseline trl" sp=1
+loss_cases="2048x32000x32768 4096x128256x8192 4096x128256x8192+head"
+while (($#)); do
+    case "$1" in
+        --lengths) lengths="${2:?--lengths needs a quoted list of token counts}"; shift 2 ;;
+        --systems) systems="${2:?--systems needs a quoted list: ours baseline trl}"; shift 2 ;;
+        --loss-cases) loss_cases="${2-}"; (($# >= 2)) || { echo "bench/gpu.sh: --loss-cases needs a quoted list (\"\" skips)" >&2; exit 2; }; shift 2 ;;
+        --no-sp) sp=0; shift ;;
+        *) echo "bench/gpu.sh: unknown option $1 (see the comment at the top of bench/gpu.sh)" >&2; exit 2 ;;
+    esac
+done
+for n in $lengths; do [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench/gpu.sh: --lengths: '$n' is not a token count" >&2; exit 2; }; done
+for s in $systems; do [[ "$s" =~ ^(ours|baseline|trl)$ ]] || { echo "bench/gpu.sh: --systems: '$s' is not one of ours, baseline, trl" >&2; exit 2; }; done
+for c in $loss_cases; do [[ "$c" =~ ^[0-9]+x[0-9]+x[0-9]+(\+head)?$ ]] || { echo "bench/gpu.sh: --loss-cases: '$c' is not HIDDENxVOCABxTOKENS[+head]" >&2; exit 2; }; done
 mkdir -p "$out"
 python=${PYTHON:-python3}
 
@@ -61,12 +83,16 @@ PY
     done
     "$python" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
     # The loss kernels first: about 2 minutes, then the training runs (a fresh process per system and length).
-    date -u +"%H:%M:%S loss kernels"
-    "$python" -m bench.studies.loss_kernels --device cuda --dtype bfloat16 --repeats 3 \
-        --cases 2048x32000x32768 4096x128256x8192 4096x128256x8192+head \
-        --out "$out/loss_kernels.json"
-    date -u +"%H:%M:%S training: ours, Trainer + peft, TRL"
-    "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths 4096 16384 32768 --steps 4 --out "$out/gpu.json"
+    if [ -n "$loss_cases" ]; then
+        date -u +"%H:%M:%S loss kernels: $loss_cases"
+        # shellcheck disable=SC2086
+        "$python" -m bench.studies.loss_kernels --device cuda --dtype bfloat16 --repeats 3 \
+            --cases $loss_cases --out "$out/loss_kernels.json"
+    fi
+    date -u +"%H:%M:%S training: $systems at $lengths tokens"
+    # shellcheck disable=SC2086
+    "$python" -m bench.studies.gpu_benchmark --shape 1b --lengths $lengths --systems $systems --steps 4 \
+        --out "$out/gpu.json"
     date -u +"%H:%M:%S done"
 
 
@@ -76,7 +102,9 @@ PY
     # the logs go to OUT_DIR/sp/sp1.log and sp2.log. Needs 2 GPUs and deepspeed; on fewer GPUs sp has no
     # peer to split with, so the step says so and is skipped. A run that fails is noted and the script goes on.
     gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
-    if ((gpus < 2)); then
+    if ((!sp)); then
+        echo "sequence parallelism: skipped (--no-sp)"
+    elif ((gpus < 2)); then
         echo "sequence parallelism: skipped ($gpus GPU(s); sequence_parallel_size=2 needs 2)"
     elif ! "$python" -c "import deepspeed" 2>/dev/null; then
         echo "sequence parallelism: skipped (deepspeed is not installed; carry it in .whl/)"
