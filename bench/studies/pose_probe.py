@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 import extend  # noqa: F401  (registers the position methods a checkpoint may use)
+from extend.eval.generation import encode_items
 from extend.eval.loading import load_tokenizer
+from extend.eval.scoring import exact
 from extend.models import load_pretrained
 from extend.tasks import synthetic
 
@@ -64,12 +66,11 @@ def greedy(model, ids: list[int], offset: int, steps: int) -> list[int]:
 def probe(model, tokenizer, length: int, offset: int, per_depth: int, seed: int) -> dict:
     items = synthetic.generate("passkey", tokenizer, [length], per_depth, seed, depths=DEPTHS)
     records = []
-    for item in items:
-        ids = tokenizer(item.prompt)["input_ids"]
-        answer = tokenizer.encode(item.answer, add_special_tokens=False)
-        prediction = tokenizer.decode(greedy(model, ids, offset, len(answer)))
-        records.append({"depth": item.depth, "tokens": len(ids), "answer": item.answer.strip(),
-                        "prediction": prediction.strip(), "correct": prediction.strip() == item.answer.strip()})
+    for prompt in encode_items(tokenizer, items):
+        prediction = tokenizer.decode(greedy(model, prompt.input_ids, offset, prompt.answer_tokens)).strip()
+        records.append({"depth": prompt.item.depth, "tokens": len(prompt.input_ids),
+                        "answer": prompt.item.answer.strip(), "prediction": prediction,
+                        "correct": exact(prediction, prompt.item.answer)[0]})
     positions = max(r["tokens"] for r in records) + offset
     return {"length": length, "offset": offset, "last_position": positions - 1,
             "accuracy": sum(r["correct"] for r in records) / len(records), "items": records}
