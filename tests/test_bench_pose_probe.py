@@ -1,5 +1,6 @@
-"""bench/studies/pose_probe.py on a random tiny Llama: the cached greedy decoding at offset positions equals
-recomputing the whole sequence at those positions, cells are written as asked, bad cells are refused."""
+"""bench/studies/pose_probe.py on a random tiny Llama: the cached greedy decoding at shifted positions equals
+recomputing the whole sequence at those positions, a gap moves only the question, an offset changes nothing
+(rotary attention is relative), cells are written as asked, bad cells are refused."""
 
 import importlib
 import json
@@ -31,42 +32,73 @@ def checkpoint(tmp_path_factory):
 
 
 @torch.no_grad()
-def recomputed(model, ids, offset, steps):
-    ids = list(ids)
+def recomputed(model, ids, positions, steps):
+    ids, positions = list(ids), list(positions)
     for _ in range(steps):
-        positions = torch.arange(len(ids))[None] + offset
-        ids.append(int(model(input_ids=torch.tensor([ids]), position_ids=positions, use_cache=False).logits[0, -1].argmax()))
+        mask = torch.ones(1, len(ids), dtype=torch.long)  # one sequence across the gap (see probe.greedy)
+        logits = model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), attention_mask=mask,
+                       use_cache=False).logits
+        ids.append(int(logits[0, -1].argmax()))
+        positions.append(positions[-1] + 1)
     return ids[-steps:]
 
 
-@pytest.mark.parametrize("offset", [0, 37])
-def test_cached_greedy_equals_recomputing_at_the_offset(checkpoint, offset):
+@pytest.mark.parametrize("cell", ["35", "35@37", "35+200"])
+def test_cached_greedy_equals_recomputing_at_the_cells_positions(checkpoint, cell):
     from extend.models import load_pretrained
 
     model = load_pretrained(checkpoint).eval()
     ids = list(range(5, 40))
-    tokens = probe.greedy(model, ids, offset, 12)
-    assert tokens == recomputed(model, ids, offset, 12)
+    positions = probe.position_ids(len(ids), probe.parse_cell(cell), cut=30)
+    tokens = probe.greedy(model, ids, positions, 12)
+    assert tokens == recomputed(model, ids, positions, 12)
     assert len(set(tokens)) > 3  # not one token repeated, which any position would give
 
 
-def test_offset_changes_what_the_model_reads(checkpoint):
+def test_a_gap_shifts_the_question_only():
+    cell = probe.parse_cell("6+100")
+    assert probe.position_ids(6, cell, cut=4) == [0, 1, 2, 3, 104, 105]
+    assert probe.position_ids(6, probe.parse_cell("6@10"), cut=4) == [10, 11, 12, 13, 14, 15]
+
+
+def test_the_question_starts_where_the_eval_prompt_has_it():
+    tokenizer = load_tokenizer("tiny")
+    from extend.tasks import synthetic
+
+    item = synthetic.passkey(tokenizer, 200, 0.5, seed=3)
+    ids = tokenizer(item.prompt)["input_ids"]
+    cut = probe.question_start(tokenizer, item.prompt)
+    assert tokenizer.decode(ids[cut:]).strip() == synthetic.PASSKEY_QUESTION
+    assert ids[:cut] == tokenizer(item.prompt[: -len(synthetic.PASSKEY_QUESTION)].rstrip())["input_ids"]
+
+
+def test_an_offset_changes_nothing_and_a_gap_does(checkpoint):
+    """Rotary attention sees position differences only: an offset cell is the plain cell up to rounding,
+    while a gap changes the distances the question reads at."""
     from extend.models import load_pretrained
 
     model = load_pretrained(checkpoint).eval()
     ids = list(range(5, 40))
-    logits = [model(input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids))[None] + o).logits for o in (0, 50)]
-    assert not torch.allclose(*logits)
+
+    def logits(cell):
+        positions = probe.position_ids(len(ids), probe.parse_cell(cell), cut=30)
+        mask = torch.ones(1, len(ids), dtype=torch.long)
+        return model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), attention_mask=mask).logits[0, -1]
+
+    plain = logits("35")
+    assert torch.allclose(logits("35@50"), plain, rtol=1e-3, atol=1e-2)
+    assert not torch.allclose(logits("35+50"), plain, rtol=1e-3, atol=1e-2)
 
 
 def test_cells_are_written(checkpoint, tmp_path):
     out = tmp_path / "probe.json"
-    record = probe.main([str(checkpoint), "--cells", "64@0", "64@30", "--items-per-depth", "1", "--out", str(out)])
+    record = probe.main([str(checkpoint), "--cells", "64", "64@30", "64+40", "--items-per-depth", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == record
-    assert [(c["length"], c["offset"]) for c in record["cells"]] == [(64, 0), (64, 30)]
+    assert [(c["cell"], c["length"], c["offset"], c["gap"]) for c in record["cells"]] == [
+        ("64", 64, 0, 0), ("64@30", 64, 30, 0), ("64+40", 64, 0, 40)]
     for cell in record["cells"]:
         assert len(cell["items"]) == 5  # one per depth
-        assert cell["last_position"] == max(i["tokens"] for i in cell["items"]) - 1 + cell["offset"]
+        assert cell["last_position"] == max(i["tokens"] for i in cell["items"]) - 1 + cell["offset"] + cell["gap"]
         assert cell["accuracy"] == sum(i["correct"] for i in cell["items"]) / 5
 
 
@@ -76,7 +108,7 @@ def test_attention_factor_is_applied(checkpoint):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--cells", "1024"], "is not LENGTH@OFFSET"),
+    (["--cells", "1024@"], "is not LENGTH, LENGTH+GAP or LENGTH@OFFSET"),
     (["--items-per-depth", "0"], "--items-per-depth must be at least 1"),
 ])
 def test_bad_arguments_are_refused_in_one_line(checkpoint, capsys, argv, message):

@@ -1,15 +1,19 @@
-"""Does a PoSE-trained model lose passkey retrieval with the positions or with the length of the text?
+"""Does a PoSE-trained model lose passkey retrieval with the distances or with the length of the text?
 
     python -m bench.studies.pose_probe outputs/tiny_pose/final                          # the default cells
-    python -m bench.studies.pose_probe outputs/tiny_pose/final --cells 256@1780 1024@1000 2048@0
-    python -m bench.studies.pose_probe outputs/tiny_pose/final --cells 2048@0 --attention-factor 1.4
+    python -m bench.studies.pose_probe outputs/tiny_pose/final --cells 256+1792 1024+1024 2048
+    python -m bench.studies.pose_probe outputs/tiny_pose/final --cells 2048 --attention-factor 1.4
 
 PoSE trains on short rows whose position ids span the target length, so after training a long passkey item
-differs from a short one in two ways: its tokens sit at large positions, and there are many more of them.
-Each cell LENGTH@OFFSET separates the two: passkey items of LENGTH tokens (the eval's passkey task,
-extend.tasks.synthetic, the same depths) are read at position ids OFFSET ... OFFSET + LENGTH - 1 and the
-answer is decoded greedily after them (exact match, as extend.eval scores it). A short item at a large
-offset has the long item's positions with the short item's length.
+differs from a short one in two ways: its question reads the needle from far away, and there are many more
+tokens between them. A cell LENGTH+GAP separates the two: passkey items of LENGTH tokens (the eval's passkey
+task, extend.tasks.synthetic, the same depths) whose question ("What is the pass key? ...") and answer are
+read GAP positions further on than the text before it, as PoSE's chunks are; the answer is decoded greedily
+(exact match, as extend.eval scores it). A short item with a large gap has the long item's distances with
+the short item's length; LENGTH alone is the item as the eval reads it.
+
+LENGTH@OFFSET reads the whole item at position ids OFFSET, OFFSET + 1, ...: a check of the harness, since
+rotary attention depends on position differences only and such a cell must score as LENGTH does.
 
 `--attention-factor X` replaces the scale the rotary module puts on cos and sin (YaRN's attention factor;
 the logits scale by its square) for every cell, to probe how sharper or flatter attention changes a cell.
@@ -24,6 +28,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,44 +40,71 @@ from extend.eval.scoring import exact
 from extend.models import load_pretrained
 from extend.tasks import synthetic
 
-DEFAULT_CELLS = ["256@0", "256@1780", "1024@0", "1024@1000", "1536@0", "1792@0", "1920@0", "2048@0"]
+DEFAULT_CELLS = ["256", "256+1792", "512+1536", "1024", "1024+1024", "1536", "1792", "1920", "2048", "2048@1000"]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
-CELL = re.compile(r"^([1-9][0-9]*)@([0-9]+)$")
+CELL = re.compile(r"^([1-9][0-9]*)(?:@([0-9]+)|\+([0-9]+))?$")
 
 
-def parse_cell(text: str) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Cell:
+    length: int
+    offset: int = 0  # every position id shifted by this
+    gap: int = 0  # the question's position ids shifted by this more than the text before it
+
+    def __str__(self) -> str:
+        return f"{self.length}" + (f"@{self.offset}" if self.offset else "") + (f"+{self.gap}" if self.gap else "")
+
+
+def parse_cell(text: str) -> Cell:
     match = CELL.match(text)
     if not match:
-        raise argparse.ArgumentTypeError(f"cell {text!r} is not LENGTH@OFFSET (e.g. 1024@1000)")
-    return int(match[1]), int(match[2])
+        raise argparse.ArgumentTypeError(f"cell {text!r} is not LENGTH, LENGTH+GAP or LENGTH@OFFSET (e.g. 256+1792)")
+    return Cell(int(match[1]), int(match[2] or 0), int(match[3] or 0))
+
+
+def question_start(tokenizer, prompt: str) -> int:
+    """Index of the passkey question's first token in the encoded prompt (which ends with the question)."""
+    assert prompt.endswith(synthetic.PASSKEY_QUESTION)
+    return len(tokenizer(prompt[: -len(synthetic.PASSKEY_QUESTION)].rstrip())["input_ids"])
+
+
+def position_ids(n: int, cell: Cell, cut: int) -> list[int]:
+    """Position ids of an n-token prompt: offset + index, plus the gap from index `cut` on."""
+    return [cell.offset + i + (cell.gap if i >= cut else 0) for i in range(n)]
 
 
 @torch.no_grad()
-def greedy(model, ids: list[int], offset: int, steps: int) -> list[int]:
-    """`steps` greedy tokens after `ids` read at position ids offset, offset + 1, ..."""
-    out = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids))[None] + offset, use_cache=True)
+def greedy(model, ids: list[int], positions: list[int], steps: int) -> list[int]:
+    """`steps` greedy tokens after `ids` read at `positions`; generated tokens take the next positions on.
+
+    The explicit all-ones mask keeps the text one causal sequence: without a mask and a cache, transformers
+    reads a jump in position ids as the start of another packed document and masks across it."""
+    mask = torch.ones(1, len(ids), dtype=torch.long)
+    out = model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]), attention_mask=mask,
+                use_cache=True)
     cache, produced = out.cache, []
     for step in range(steps):
         token = int(out.logits[0, -1].argmax())
         produced.append(token)
         if step + 1 == steps:
             break
-        position = torch.tensor([[offset + len(ids) + step]])
+        position = torch.tensor([[positions[-1] + 1 + step]])
         out = model(input_ids=torch.tensor([[token]]), position_ids=position, cache=cache, use_cache=True)
         cache = out.cache
     return produced
 
 
-def probe(model, tokenizer, length: int, offset: int, per_depth: int, seed: int) -> dict:
-    items = synthetic.generate("passkey", tokenizer, [length], per_depth, seed, depths=DEPTHS)
-    records = []
+def probe(model, tokenizer, cell: Cell, per_depth: int, seed: int) -> dict:
+    items = synthetic.generate("passkey", tokenizer, [cell.length], per_depth, seed, depths=DEPTHS)
+    records, last = [], 0
     for prompt in encode_items(tokenizer, items):
-        prediction = tokenizer.decode(greedy(model, prompt.input_ids, offset, prompt.answer_tokens)).strip()
+        positions = position_ids(len(prompt.input_ids), cell, question_start(tokenizer, prompt.item.prompt))
+        last = max(last, positions[-1])
+        prediction = tokenizer.decode(greedy(model, prompt.input_ids, positions, prompt.answer_tokens)).strip()
         records.append({"depth": prompt.item.depth, "tokens": len(prompt.input_ids),
                         "answer": prompt.item.answer.strip(), "prediction": prediction,
                         "correct": exact(prediction, prompt.item.answer)[0]})
-    positions = max(r["tokens"] for r in records) + offset
-    return {"length": length, "offset": offset, "last_position": positions - 1,
+    return {"cell": str(cell), "length": cell.length, "offset": cell.offset, "gap": cell.gap, "last_position": last,
             "accuracy": sum(r["correct"] for r in records) / len(records), "items": records}
 
 
@@ -81,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("model", type=Path, help="a checkpoint folder (an export, e.g. outputs/tiny_pose/final)")
     parser.add_argument("--cells", nargs="+", type=parse_cell, default=[parse_cell(c) for c in DEFAULT_CELLS],
-                        metavar="LENGTH@OFFSET", help=f"default: {' '.join(DEFAULT_CELLS)}")
+                        metavar="CELL", help=f"LENGTH, LENGTH+GAP or LENGTH@OFFSET; default: {' '.join(DEFAULT_CELLS)}")
     parser.add_argument("--items-per-depth", type=int, default=4, help="items at each of the 5 depths (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attention-factor", type=float, default=None,
@@ -103,13 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"model": opts.model.name if opts.model.name != "final" else str(opts.model.parent.name),
               "attention_factor": float(rotary.attention_scaling), "checkpoint_attention_factor": own,
               "seed": opts.seed, "items_per_depth": opts.items_per_depth, "cells": []}
-    print(f"{'length':>7} {'offset':>7} {'last position':>14} {'passkey':>8} {'seconds':>8}")
-    for length, offset in opts.cells:
+    print(f"{'cell':>10} {'tokens':>7} {'last position':>14} {'passkey':>8} {'seconds':>8}")
+    for spec in opts.cells:
         start = time.perf_counter()
-        cell = probe(model, tokenizer, length, offset, opts.items_per_depth, opts.seed)
+        cell = probe(model, tokenizer, spec, opts.items_per_depth, opts.seed)
         cell["seconds"] = round(time.perf_counter() - start, 1)
         record["cells"].append(cell)
-        print(f"{length:>7} {offset:>7} {cell['last_position']:>14} {cell['accuracy']:>8.0%} {cell['seconds']:>8}",
+        print(f"{cell['cell']:>10} {spec.length:>7} {cell['last_position']:>14} {cell['accuracy']:>8.0%} {cell['seconds']:>8}",
               flush=True)
     if opts.out:
         opts.out.parent.mkdir(parents=True, exist_ok=True)
