@@ -234,6 +234,10 @@ class SourceConfig:
     lengths: list[int] = field(default_factory=list)
     num_items: int = 16
     depths: list[float] | None = None
+    # synthetic passkey: the share (0 <= x < 1) of filler sentences replaced by near misses of the needle
+    # ("The door key is red.", "The pass code is green."), which teach retrieval by the needle's own words
+    # (extend/tasks/synthetic.py, passkey). A training option: evaluation always uses the plain filler.
+    distractors: float = 0.0
 
 
 @dataclass
@@ -307,6 +311,12 @@ class CurriculumConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(length=2048, steps=100)])
     # PoSE chunks per document piece in stages with a `span` (2 in the paper); 1 = one skip-free chunk.
     pose_chunks: int = 2
+    # YaRN's attention temperature (its scale on cos and sin, 0.1 ln(s) + 1 at factor s) while training a
+    # stage with a `span`. span: the extended length's, as the export carries (the paper). window: the
+    # temperature of the tokens a row really holds (s = stage length / original length); the export keeps
+    # the span's, so a model that learned to retrieve among `length` tokens reads long inputs with the
+    # sharper attention their length calls for (results/pose/README.md). rope.type=yarn only.
+    pose_temperature: str = "span"
 
 
 @dataclass

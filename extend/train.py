@@ -42,11 +42,12 @@ from extend.config import DecoderConfig, ExtendConfig, RopeConfig  # noqa: F401 
 from extend.data.curriculum import plan_stages
 from extend.data.manifest import read_manifest, verify_dataset
 from extend.data.prepare import prepare
-from extend.models import load_base_config, load_base_model, save_extended, set_rope_theta
+from extend.models import load_base_config, load_base_model, save_extended, set_attention_scaling, set_rope_theta
 from extend.models.training_attention import restore_attention, use_training_attention
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, resolve_rope
 from extend.rope.clex import export_clex, train_ode
+from extend.rope.methods import yarn_attention_factor
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import (
     Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
@@ -265,6 +266,15 @@ def stage_rope_theta(cfg: DecoderConfig, index: int) -> float | None:
     return bases[index] if bases[index] is not None else cfg.rope.rope_theta
 
 
+def stage_attention_scaling(cfg: DecoderConfig, index: int, original_length: int) -> float | None:
+    """curriculum.pose_temperature=window: YaRN's temperature at the real length of stage `index`'s rows
+    (None, the model's own, for a stage without a PoSE span or under `span`)."""
+    stage = cfg.curriculum.stages[index]
+    if cfg.curriculum.pose_temperature != "window" or stage.span is None:
+        return None
+    return yarn_attention_factor(stage.length / original_length)
+
+
 def step_inputs(run: Run, rows: dict[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], int]:
     """This process's share of one step's rows: its micro-batches as model inputs (under sequence
     parallelism, its shard of each row), and the scored tokens of the whole step."""
@@ -322,9 +332,13 @@ def fit(run: Run, stop: StopRequest | None = None) -> bool:
     progress = tqdm(total=run.total_steps, initial=state.step, desc="train", disable=not acc.is_main_process)
     for stage in run.stages[state.stage :]:
         rows = StageRows(stage)
+        causal_lm = acc.unwrap_model(run.model).causal_lm
         stage_base = stage_rope_theta(cfg, stage.index)
         if stage_base is not None:
-            set_rope_theta(acc.unwrap_model(run.model).causal_lm, stage_base)
+            set_rope_theta(causal_lm, stage_base)
+        if cfg.curriculum.pose_temperature == "window":
+            original = causal_lm.config.rope_parameters["original_max_position_embeddings"]
+            set_attention_scaling(causal_lm, stage_attention_scaling(cfg, stage.index, original))
         while state.stage_step < stage.steps and state.step < run.total_steps:
             started = time.perf_counter()
             loss = train_step(run, rows.step_rows(state.stage_step))

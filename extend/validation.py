@@ -173,6 +173,25 @@ def _attention_length_problems(cfg: DecoderConfig) -> list[str]:
     return found
 
 
+def _pose_temperature_problems(cfg: DecoderConfig) -> list[str]:
+    """curriculum.pose_temperature: `span` or `window`; `window` needs YaRN's own temperature and a PoSE stage."""
+    value = cfg.curriculum.pose_temperature
+    if value not in ("span", "window"):
+        return [f"curriculum.pose_temperature={value!r} is unknown; choose span (the paper) or window"]
+    if value == "span":
+        return []
+    if cfg.rope.type != "yarn":
+        return [f"curriculum.pose_temperature=window sets YaRN's attention temperature, but rope.type={cfg.rope.type}: "
+                "use rope=yarn or pose_temperature=span"]
+    if cfg.rope.attention_factor is not None:
+        return [f"curriculum.pose_temperature=window computes the training temperature from the row length, but "
+                f"rope.attention_factor={cfg.rope.attention_factor:g} fixes it: remove one of the two"]
+    if all(s.span is None for s in cfg.curriculum.stages):
+        return ["curriculum.pose_temperature=window applies to PoSE stages, and no curriculum stage sets a span: "
+                "add spans or remove the option"]
+    return []
+
+
 def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None) -> list[str]:
     """The training loop's own problems, from the config alone: `train.*` values, per-stage bases and
     mixtures, the split of each step's rows over micro-batches and `world_size` processes, and stage lengths
@@ -182,7 +201,7 @@ def check_training(cfg: DecoderConfig, world_size: int, addressable: int | None)
     problems = train_value_problems(cfg.train) + check_stage_weights(cfg.curriculum, cfg.data.sources)
     if _curriculum_problems(cfg):
         return problems  # reported by check_curriculum; the lengths below would be meaningless
-    problems += _stage_problems(cfg, world_size) + _attention_length_problems(cfg)
+    problems += _stage_problems(cfg, world_size) + _attention_length_problems(cfg) + _pose_temperature_problems(cfg)
     for i, stage in enumerate(cfg.curriculum.stages):
         if addressable is not None and stage.length > addressable:
             problems.append(f"curriculum.stages[{i}].length={stage.length} is longer than the {addressable} positions "

@@ -173,6 +173,8 @@ def _no_eos_tokenizer(folder: Path) -> str:
     ("zero-weight mixture", "every weight is 0"),
     ("stage weights name an unknown source", r"curriculum.stages\[1\].weights names 'web'"),
     ("stage weights all zero", r"curriculum.stages\[0\].weights: every weight is 0"),
+    ("distractors out of range", r"data.sources.pk.distractors=1.0 must be >= 0 and < 1"),
+    ("distractors on another task", r"data.sources.pk.distractors is a passkey option"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_marked_complete(case, message, corpus, cache, tmp_path):
     (tmp_path / "empty.txt").write_text("")
@@ -194,6 +196,9 @@ def test_bad_input_is_one_clear_error_and_nothing_is_marked_complete(case, messa
         extra = ["curriculum.stages=[{length: 128, steps: 1}, {length: 128, steps: 1, weights: {web: 1.0}}]"]
     elif case == "stage weights all zero":
         extra = ["curriculum.stages=[{length: 128, steps: 1, weights: {text: 0.0}}]"]
+    elif case.startswith("distractors"):
+        task, share = ("passkey", 1.0) if case.endswith("range") else ("copy", 0.3)
+        sources = {"text": text, "pk": {"type": "synthetic", "task": task, "lengths": [120], "distractors": share}}
     out = tmp_path / "ds"
     with pytest.raises(ConfigError, match=message) as err:
         prepare(small_cfg(corpus, out, cache, extra, sources), log=lambda _: None)

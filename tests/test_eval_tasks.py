@@ -55,6 +55,28 @@ def test_numeric_qa_numbers_are_random_not_recallable(tokenizer):
     assert "Question:" in a.prompt and a.prompt.endswith("Answer:")
 
 
+def test_passkey_distractors_replace_filler_sentences_and_leave_the_eval_filler_alone(tokenizer):
+    """Training items with near misses: seeded, the same key and fit as the plain item, about the asked share
+    of sentences replaced, no number but the key; a share of 0 is the eval's item exactly."""
+    from extend.tasks.synthetic import FILLER, PASSKEY_DISTRACTORS, generate, passkey
+
+    plain = passkey(tokenizer, 400, 0.5, seed=11)
+    assert passkey(tokenizer, 400, 0.5, seed=11, distractors=0.0) == plain
+    assert generate("passkey", tokenizer, [300], 2, 5) == generate("passkey", tokenizer, [300], 2, 5, distractors=0.0)
+    assert FILLER in plain.prompt and not any(d in plain.prompt for d in PASSKEY_DISTRACTORS)
+
+    item = passkey(tokenizer, 400, 0.5, seed=11, distractors=0.4)
+    assert item == passkey(tokenizer, 400, 0.5, seed=11, distractors=0.4)
+    assert item.answer == plain.answer and 380 < item.num_tokens <= 400
+    assert set(re.findall(r"\d+", item.prompt)) == {item.answer.strip()}
+    def sentences(text):
+        return re.findall(r"[A-Z][a-z ]+\.", text.split(" Remember it.")[0])
+
+    share = sum(s in PASSKEY_DISTRACTORS for s in sentences(item.prompt)) / len(sentences(item.prompt))
+    assert 0.2 < share < 0.6, share
+    assert sentences(passkey(tokenizer, 400, 0.5, seed=12, distractors=0.4).prompt) != sentences(item.prompt)
+
+
 def test_copy_items_repeat_the_prompts_tokens_and_fit(tokenizer):
     """The copy task (training data for the tiny base): the answer is the prompt's word list token for token,
     items are a function of the seed, and as many words as fit are used."""

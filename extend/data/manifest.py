@@ -57,7 +57,10 @@ def dataset_config(cfg: ExtendConfig) -> dict:
 
 def _identity_config(data: dict, curriculum: dict) -> dict:
     data = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
+    data["sources"] = {name: {k: v for k, v in src.items() if not (k == "distractors" and not v)}  # as before the option
+                       for name, src in data.get("sources", {}).items()}
     curriculum = copy.deepcopy(curriculum)
+    curriculum.pop("pose_temperature", None)  # a training setting: the rows do not depend on it
     for stage in curriculum["stages"]:
         stage.pop("rope_theta", None)  # a training setting: the rows do not depend on it
         if stage.get("span") is None:

@@ -40,7 +40,7 @@ FIELDS_READ: dict[str, set[str]] = {
     "jsonl": _RECORDS,
     "parquet": _RECORDS,
     "hf": _RECORDS | {"subset", "split", "revision", "streaming"},
-    "synthetic": {"task", "lengths", "num_items", "depths", "mask_prompt"},
+    "synthetic": {"task", "lengths", "num_items", "depths", "distractors", "mask_prompt"},
 }
 
 
@@ -152,6 +152,10 @@ def check_sources(sources: dict[str, SourceConfig]) -> list[str]:
                 problems.append(f"{key}.lengths={src.lengths} needs at least one target length, each >= 2 tokens")
             if src.num_items < 1:
                 problems.append(f"{key}.num_items={src.num_items} must be >= 1")
+            if not 0 <= src.distractors < 1:
+                problems.append(f"{key}.distractors={src.distractors} must be >= 0 and < 1 (a share of filler sentences)")
+            elif src.distractors and src.task != "passkey":
+                problems.append(f"{key}.distractors is a passkey option; remove it from this {src.task} source")
     if sources and sum(s.weight for s in sources.values()) <= 0:
         problems.append("data.sources: every weight is 0, so the mixture is empty; give at least one source a weight > 0")
     return problems
@@ -335,14 +339,17 @@ def _load_synthetic(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource
     # The source's name enters the seed, so two sources of the same task draw different items.
     seed = synthetic.cell_seed(ctx.seed, name, 0, None, 0)
     items = synthetic.generate(src.task, ctx.tokenizer, list(src.lengths), src.num_items, seed,
-                               list(src.depths) if src.depths is not None else None)
+                               list(src.depths) if src.depths is not None else None, src.distractors)
     over = sorted({(item.target_length, item.num_tokens) for item in items if item.num_tokens > item.target_length})
     if over:
         target, tokens = over[0]
         raise SourceError(f"data.sources.{name}.lengths: a {src.task} item needs at least {tokens} tokens with this "
                           f"tokenizer, more than the target {target}; use lengths of at least {tokens}")
     docs = list(_limit(((item.prompt, item.answer) for item in items), src))
-    return RawSource(name, "qa", docs, _digest(json.dumps(docs)), {"task": src.task, "lengths": list(src.lengths)})
+    info = {"task": src.task, "lengths": list(src.lengths)}
+    if src.distractors:
+        info["distractors"] = src.distractors
+    return RawSource(name, "qa", docs, _digest(json.dumps(docs)), info)
 
 
 LOADERS: dict[str, Callable[[str, SourceConfig, LoadContext], RawSource]] = {

@@ -2,7 +2,7 @@
 
 from extend.models.export import extended_length, save_extended
 from extend.models.loading import attention_for, build_random, load_base_config, load_base_model, load_pretrained
-from extend.models.rotary import restore_float32_rope, set_rope_theta
+from extend.models.rotary import restore_float32_rope, set_attention_scaling, set_rope_theta
 from extend.models.presets import PRESETS
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "load_pretrained",
     "restore_float32_rope",
     "save_extended",
+    "set_attention_scaling",
     "set_rope_theta",
 ]

@@ -4,6 +4,8 @@
   `model.to(torch.bfloat16)` casts that buffer too, and a bf16 inv_freq puts positions thousands of tokens
   apart on the same angle. Loading with `dtype=` keeps it float32; this repairs a model cast afterwards.
 - `set_rope_theta`: a new base for the curriculum stage at hand (EasyContext raises it stage by stage).
+- `set_attention_scaling`: a training-time scale on cos and sin (PoSE's `window` temperature); the config,
+  and so the export, keeps the module's own.
 """
 
 from __future__ import annotations
@@ -42,3 +44,15 @@ def set_rope_theta(model: nn.Module, theta: float) -> None:
     for module in modules:
         module.config.rope_parameters["rope_theta"] = float(theta)
         _recompute(module)
+
+
+def set_attention_scaling(model: nn.Module, scale: float | None) -> None:
+    """Scale every rotary module's cos and sin by `scale` (None: the module's own, from its config)."""
+    modules = rotary_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no rotary module whose attention scaling could be set")
+    for module in modules:
+        if scale is None:
+            _recompute(module)
+        else:
+            module.attention_scaling = float(scale)

@@ -31,6 +31,13 @@ PASSKEY_INTRO = (
     "I will quiz you about the important information there."
 )
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
+# Near misses of the needle for training items (`distractors`): each shares words with "The pass key is" and
+# the question, and none holds a number, so only the needle answers it.
+PASSKEY_DISTRACTORS = (
+    "The door key is red.", "The car key is old.", "The house key is small.", "The old key is lost.",
+    "The gate key is new.", "The pass word is blue.", "The pass code is green.", "The pass is open.",
+)
+_FILLER_SENTENCES = [s + "." for s in FILLER.rstrip(".").split(". ")]
 _WORDS = (
     "amber basin cedar delta ember falcon garnet harbor island jasper kettle lantern meadow nectar orchid "
     "pebble quartz raven saddle timber umber velvet willow yonder zephyr anchor bramble copper dune fable"
@@ -76,16 +83,27 @@ def _fit(tokenizer: Tokenizer, target: int, build: Callable[[int], tuple[str, st
     return prompt, answer, _count(tokenizer, prompt + answer)
 
 
-def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int) -> TaskItem:
-    """One passkey item: a 5-digit key at `depth` (0 = start, 1 = end) of the filler."""
+def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int, distractors: float = 0.0) -> TaskItem:
+    """One passkey item: a 5-digit key at `depth` (0 = start, 1 = end) of the filler.
+
+    `distractors` (training data, never the eval): the share of filler sentences replaced by near misses of
+    the needle (PASSKEY_DISTRACTORS), drawn per item. With the plain filler every "is" but the needle's is
+    followed by a colour, so a model can answer by how the needle differs from the filler; near misses make
+    it match the needle's own words, which does not weaken as the filler grows."""
     rng = random.Random(seed)
     key = rng.randint(10000, 99999)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+    filler_words = FILLER_WORDS
+    if distractors:
+        draw = random.Random(f"{seed}:distractors")
+        sentences = [draw.choice(PASSKEY_DISTRACTORS) if draw.random() < distractors else plain
+                     for plain in _FILLER_SENTENCES * (length // len(_FILLER_SENTENCES) + 1)]
+        filler_words = " ".join(sentences).split()  # at least `length` words: more than `length` tokens
 
     def build(words: int) -> tuple[str, str]:
         # Filler by the word, not by the sentence, so lengths and needle positions vary token by token and
         # a model cannot find the key by its position in a handful of fixed layouts.
-        filler = (FILLER_WORDS * (words // len(FILLER_WORDS) + 1))[:words]
+        filler = (filler_words * (words // len(filler_words) + 1))[:words]
         before = round(words * depth)
         parts = [PASSKEY_INTRO, " ".join(filler[:before]), needle, " ".join(filler[before:]), PASSKEY_QUESTION]
         return " ".join(p for p in parts if p), f" {key}"
@@ -212,10 +230,11 @@ def cell_seed(seed: int, task: str, length: int, depth: float | None, index: int
 
 def generate(
     task: str, tokenizer: Tokenizer, lengths: list[int], num_items: int, seed: int,
-    depths: list[float] | None = None,
+    depths: list[float] | None = None, distractors: float = 0.0,
 ) -> list[TaskItem]:
     """`num_items` items per length (per length x depth for passkey), each seeded from `seed` and its cell,
-    so one cell's items do not change when other lengths or depths are added."""
+    so one cell's items do not change when other lengths or depths are added. `distractors`: passkey only
+    (see `passkey`)."""
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; choose one of {', '.join(TASKS)}")
     items = []
@@ -223,7 +242,8 @@ def generate(
         if task == "passkey":
             for depth in depths or [0.0, 0.25, 0.5, 0.75, 1.0]:
                 for i in range(num_items):
-                    items.append(passkey(tokenizer, length, depth, cell_seed(seed, task, length, depth, i)))
+                    items.append(passkey(tokenizer, length, depth, cell_seed(seed, task, length, depth, i),
+                                         distractors))
         else:
             fn = {"lines": lines, "kv": kv, "numeric_qa": numeric_qa, "copy": copy}[task]
             for i in range(num_items):
