@@ -72,8 +72,9 @@ def test_passkey_distractors_replace_filler_sentences_and_leave_the_eval_filler_
     def sentences(text):
         return re.findall(r"[A-Z][a-z ]+\.", text.split(" Remember it.")[0])
 
-    share = sum(s in PASSKEY_DISTRACTORS for s in sentences(item.prompt)) / len(sentences(item.prompt))
-    assert 0.2 < share < 0.6, share
+    drawn = [s for seed in range(20) for s in sentences(passkey(tokenizer, 400, 1.0, seed, distractors=0.4).prompt)]
+    share = sum(s in PASSKEY_DISTRACTORS for s in drawn) / len(drawn)
+    assert 0.3 < share < 0.45, share  # the intro's three sentences are counted among the rest
     assert sentences(passkey(tokenizer, 400, 0.5, seed=12, distractors=0.4).prompt) != sentences(item.prompt)
 
 

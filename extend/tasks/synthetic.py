@@ -86,18 +86,19 @@ def _fit(tokenizer: Tokenizer, target: int, build: Callable[[int], tuple[str, st
 def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int, distractors: float = 0.0) -> TaskItem:
     """One passkey item: a 5-digit key at `depth` (0 = start, 1 = end) of the filler.
 
-    `distractors` (training data, never the eval): the share of filler sentences replaced by near misses of
-    the needle (PASSKEY_DISTRACTORS), drawn per item. With the plain filler every "is" but the needle's is
-    followed by a colour, so a model can answer by how the needle differs from the filler; near misses make
-    it match the needle's own words, which does not weaken as the filler grows."""
+    `distractors` (training data, never the eval): the share of filler sentences that are near misses of the
+    needle (PASSKEY_DISTRACTORS); the others are the plain filler's sentences in random order rather than its
+    fixed cycle, all drawn per item. With the plain filler every "is" but the needle's is followed by a
+    colour in a fixed order, so a model can answer by how the needle differs from the filler; near misses
+    make it match the needle's own words, which does not weaken as the filler grows."""
     rng = random.Random(seed)
     key = rng.randint(10000, 99999)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
     filler_words = FILLER_WORDS
     if distractors:
         draw = random.Random(f"{seed}:distractors")
-        sentences = [draw.choice(PASSKEY_DISTRACTORS) if draw.random() < distractors else plain
-                     for plain in _FILLER_SENTENCES * (length // len(_FILLER_SENTENCES) + 1)]
+        sentences = [draw.choice(PASSKEY_DISTRACTORS if draw.random() < distractors else _FILLER_SENTENCES)
+                     for _ in range(length)]
         filler_words = " ".join(sentences).split()  # at least `length` words: more than `length` tokens
 
     def build(words: int) -> tuple[str, str]:
