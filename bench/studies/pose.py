@@ -1,7 +1,7 @@
 """PoSE on the tiny base: extended 16x (and 32x) while training only on 256-token rows, next to the same
 extension trained on rows of the full extended length.
 
-    nice python -m bench.studies.pose [--runs pose_16x full_16x pose_32x] [--out results/pose]
+    nice python -m bench.studies.pose [--runs pose_16x full_16x pose_32x] [--seeds 0 1] [--out results/pose]
     python -m bench.studies.pose --table-only
 
 Each run is `extend prep` then `extend train` in a fresh process (the data is prepared first, so the training
@@ -13,6 +13,9 @@ length), next to the base as it is and the base with training-free YaRN at the s
 - full_16x: recipes/tiny.yaml at factor 16 with rows of 1,024 then 2,048 tokens (the same 200 steps of 4,096
   tokens, passkey and copy items up to 2,048 tokens): what PoSE saves compute and memory against.
 - pose_32x: recipes/tiny_pose_32x.yaml (128 -> 4,096, still 256-token rows).
+
+`--seeds`: each run once per seed (`seed` and `data.seed`: initialisation order, data and PoSE draws); a seed
+N > 0 names the run `<run>_seedN`.
 
 Reported per run: passkey and perplexity per length, training seconds (the run card), wall seconds of the
 training command, and the training process's peak resident memory (the last step log's `peak mem`).
@@ -91,19 +94,39 @@ def table(found: dict) -> str:
     return "\n".join(lines)
 
 
+def run_key(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def is_run_key(stem: str) -> bool:
+    name, _, seed = stem.partition("_seed")
+    return name in RUNS and (not seed or seed.isdigit())
+
+
+def order(path: Path) -> tuple[int, int]:
+    """Runs in RUNS order, each run's seeds in number order."""
+    name, _, seed = path.stem.partition("_seed")
+    return (list(RUNS).index(name) if name in RUNS else len(RUNS), int(seed) if seed.isdigit() else 0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seed and data.seed of each run (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=WORK, help="run and data folders (not results)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the finished runs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if any(seed < 0 for seed in args.seeds):
+        parser.error("--seeds must be >= 0")
     for name in [] if args.table_only else args.runs:
-        # One file per run: runs started in parallel processes never write the same file.
-        (args.out / f"{name}.json").write_text(json.dumps(run(name, RUNS[name], args.work), indent=2) + "\n")
-    found = {name: json.loads((args.out / f"{name}.json").read_text()) for name in RUNS
-             if (args.out / f"{name}.json").exists()}
+        for seed in args.seeds:
+            key, overrides = run_key(name, seed), RUNS[name] + ([f"seed={seed}", f"data.seed={seed}"] if seed else [])
+            # One file per run: runs started in parallel processes never write the same file.
+            (args.out / f"{key}.json").write_text(json.dumps(run(key, overrides, args.work), indent=2) + "\n")
+    found = {path.stem: json.loads(path.read_text()) for path in sorted(args.out.glob("*.json"), key=order)
+             if is_run_key(path.stem)}
     print(table(found))
     return found
 
