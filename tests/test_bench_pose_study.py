@@ -10,7 +10,7 @@ study = importlib.import_module("bench.studies.pose")
 
 
 def result(steps: int) -> dict:
-    by_length = {"128": 1.0, "2048": 0.5}
+    by_length = {"128": 1.0, "2048": steps / 10}
     return {"overrides": [], "steps": steps, "tokens": steps * 4096, "train_seconds": 1.0, "wall_seconds": 2.0,
             "peak_training_memory_gb": 0.9,
             "results": {"trained": {"passkey": by_length, "perplexity": {"128": 150.0, "2048": 160.0}}}}
@@ -23,7 +23,9 @@ def test_seeds_name_runs_and_the_table_lists_them_in_order(tmp_path, capsys):
         (tmp_path / f"{stem}.json").write_text(json.dumps(result(steps)))
     found = study.main(["--table-only", "--out", str(tmp_path)])
     assert list(found) == ["pose_16x", "pose_16x_seed2", "pose_16x_seed10", "full_16x", "pose_32x"]
-    assert "| pose_16x_seed2 | 2,048 | 50% | 160.00 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| pose_16x_seed2 | 2,048 | 40% | 160.00 |" in out
+    assert "| pose_16x at 2,048 | 0, 2, 10 | 30% / 40% / 20% | 30.0% |" in out
 
 
 def test_a_negative_seed_is_refused(tmp_path, capsys):

@@ -86,6 +86,15 @@ def table(found: dict) -> str:
             passkey = " / ".join(f"{r['results'][m]['passkey'][n]:.0%}" for m in models)
             perplexity = " / ".join(f"{r['results'][m]['perplexity'][n]:.2f}" for m in models)
             lines.append(f"| {name} | {int(n):,} | {passkey} | {perplexity} |")
+    lines += ["", "| run | seeds | passkey at the longest length, per seed | mean |", "|---|---|---|---|"]
+    for name in dict.fromkeys(key.partition("_seed")[0] for key in found):
+        keys = [key for key in found if key.partition("_seed")[0] == name]
+        longest = [found[k]["results"][next(iter(found[k]["results"]))]["passkey"] for k in keys]
+        last = max(longest[0], key=int)
+        values = [by_length[last] for by_length in longest]
+        seeds = ", ".join(k.partition("_seed")[2] or "0" for k in keys)
+        lines.append(f"| {name} at {int(last):,} | {seeds} | {' / '.join(f'{v:.0%}' for v in values)} | "
+                     f"{sum(values) / len(values):.1%} |")
     lines += ["", "| run | steps | tokens | training s | wall s | peak training memory (GB, RSS) |",
               "|---|---|---|---|---|---|"]
     for name, r in found.items():
