@@ -315,7 +315,8 @@ class CurriculumConfig:
     # stage with a `span`. span: the extended length's, as the export carries (the paper). window: the
     # temperature of the tokens a row really holds (s = stage length / original length); the export keeps
     # the span's, so a model that learned to retrieve among `length` tokens reads long inputs with the
-    # sharper attention their length calls for (results/pose/README.md). rope.type=yarn only.
+    # sharper attention their length calls for (results/pose/README.md). Methods whose registry entry has a
+    # `temperature` only (yarn).
     pose_temperature: str = "span"
 
 

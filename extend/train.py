@@ -45,9 +45,8 @@ from extend.data.prepare import prepare
 from extend.models import load_base_config, load_base_model, save_extended, set_attention_scaling, set_rope_theta
 from extend.models.training_attention import restore_attention, use_training_attention
 from extend.models.tokenizer import load_tokenizer
-from extend.rope import apply_rope, resolve_rope
+from extend.rope import METHODS, apply_rope, resolve_rope
 from extend.rope.clex import export_clex, train_ode
-from extend.rope.methods import yarn_attention_factor
 from extend.training.batches import Stage, StageRows, micro_batches, stages_from_manifest
 from extend.training.checkpoint import (
     Checkpoint, TrainState, commit_checkpoint, load_latest, prepare_staging, save_checkpoint, staging_folder,
@@ -267,12 +266,12 @@ def stage_rope_theta(cfg: DecoderConfig, index: int) -> float | None:
 
 
 def stage_attention_scaling(cfg: DecoderConfig, index: int, original_length: int) -> float | None:
-    """curriculum.pose_temperature=window: YaRN's temperature at the real length of stage `index`'s rows
-    (None, the model's own, for a stage without a PoSE span or under `span`)."""
+    """curriculum.pose_temperature=window: the position method's temperature at the real length of stage
+    `index`'s rows (None, the model's own, for a stage without a PoSE span or under `span`)."""
     stage = cfg.curriculum.stages[index]
     if cfg.curriculum.pose_temperature != "window" or stage.span is None:
         return None
-    return yarn_attention_factor(stage.length / original_length)
+    return METHODS[cfg.rope.type].temperature(stage.length / original_length)
 
 
 def step_inputs(run: Run, rows: dict[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], int]:

@@ -174,15 +174,20 @@ def _attention_length_problems(cfg: DecoderConfig) -> list[str]:
 
 
 def _pose_temperature_problems(cfg: DecoderConfig) -> list[str]:
-    """curriculum.pose_temperature: `span` or `window`; `window` needs YaRN's own temperature and a PoSE stage."""
+    """curriculum.pose_temperature: `span` or `window`; `window` needs a method whose temperature follows the
+    length (its registry entry's `temperature`) and a PoSE stage."""
+    from extend.rope import METHODS
+
     value = cfg.curriculum.pose_temperature
     if value not in ("span", "window"):
         return [f"curriculum.pose_temperature={value!r} is unknown; choose span (the paper) or window"]
     if value == "span":
         return []
-    if cfg.rope.type != "yarn":
-        return [f"curriculum.pose_temperature=window sets YaRN's attention temperature, but rope.type={cfg.rope.type}: "
-                "use rope=yarn or pose_temperature=span"]
+    method = METHODS.get(cfg.rope.type)
+    if method is None or method.temperature is None:
+        with_one = ", ".join(f"rope={m.name}" for m in METHODS.values() if m.temperature is not None)
+        return [f"curriculum.pose_temperature=window sets the attention temperature of the rows' length, and "
+                f"rope.type={cfg.rope.type} has none that follows the length: use {with_one} or pose_temperature=span"]
     if cfg.rope.attention_factor is not None:
         return [f"curriculum.pose_temperature=window computes the training temperature from the row length, but "
                 f"rope.attention_factor={cfg.rope.attention_factor:g} fixes it: remove one of the two"]

@@ -17,6 +17,7 @@ from extend.train import stage_attention_scaling
 
 def config(temperature: str) -> DecoderConfig:
     cfg = DecoderConfig()
+    cfg.rope = RopeConfig(type="yarn", factor=16.0)
     cfg.curriculum = CurriculumConfig(tokens_per_step=1024, pose_temperature=temperature, stages=[
         StageConfig(length=256, steps=1), StageConfig(length=256, span=2048, steps=1)])
     return cfg

@@ -67,6 +67,10 @@ class PositionMethod:
     # attention (extend/rope/remapped.py): it needs extend's attention function, is evaluated, never trained,
     # and cannot be confined to one attention type.
     inference_only: bool = False
+    # The attention temperature (the scale on cos and sin) the method sets for a length ratio s, for a method
+    # whose temperature follows the length; curriculum.pose_temperature=window trains PoSE stages with it at
+    # the rows' real length.
+    temperature: Callable[[float], float] | None = None
 
     def reads(self, key: str) -> bool:
         """Whether `rope.<key>` is one of this method's parameters."""
@@ -267,7 +271,7 @@ METHODS: dict[str, PositionMethod] = {
         PositionMethod("dynamic", ScaleParams, methods.dynamic_inv_freq, export.dynamic_export, check_scale,
                        "dynamic NTK: base grows with length", dynamic=True),
         PositionMethod("yarn", YarnParams, methods.yarn_inv_freq, export.yarn_export, check_yarn,
-                       "YaRN: ramped interpolation + logit temperature"),
+                       "YaRN: ramped interpolation + logit temperature", temperature=methods.yarn_attention_factor),
         PositionMethod("llama3", Llama3Params, methods.llama3_inv_freq, export.llama3_export, check_llama3,
                        "Llama 3.1 wavelength bands"),
         PositionMethod("longrope", LongRopeParams, methods.longrope_inv_freq, export.longrope_export, check_longrope,
