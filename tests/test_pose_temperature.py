@@ -8,8 +8,8 @@ import torch
 
 from extend.config import CurriculumConfig, DecoderConfig, ModelConfig, RopeConfig, StageConfig
 from extend.models import set_attention_scaling
-from extend.models.rotary import rotary_modules
 from extend.models.loading import build_random, load_base_config
+from extend.models.rotary import rotary_modules
 from extend.models.tokenizer import load_tokenizer
 from extend.rope import apply_rope, resolve_rope
 from extend.train import stage_attention_scaling
@@ -37,14 +37,14 @@ def test_set_attention_scaling_scales_cos_and_sin_and_leaves_the_config():
     extended = apply_rope(base, resolve_rope(RopeConfig(type="yarn", factor=16.0), base))
     model = build_random(extended, seed=0)
     rotary = model.model.rotary_emb
-    own = rotary.attention_scaling
+    own, saved = rotary.attention_scaling, dict(model.config.rope_parameters)
     assert own == pytest.approx(0.1 * math.log(16) + 1)
     x, positions = torch.zeros(1, 4, 8), torch.arange(4)[None]
-    cos_own, _ = rotary(x, positions)
+    cos_own, sin_own = rotary(x, positions)
     set_attention_scaling(model, 1.07)
     cos, sin = rotary(x, positions)
-    assert torch.allclose(cos * own, cos_own * 1.07)
-    assert "attention_factor" not in model.config.rope_parameters or model.config.rope_parameters["attention_factor"] == own
+    assert torch.allclose(cos * own, cos_own * 1.07) and torch.allclose(sin * own, sin_own * 1.07)
+    assert model.config.rope_parameters == saved  # what an export would write
     set_attention_scaling(model, None)
     assert rotary.attention_scaling == pytest.approx(own) and torch.allclose(rotary(x, positions)[0], cos_own)
 
