@@ -1,5 +1,5 @@
 """bench/studies/pose.py's bookkeeping: a seed names its run, --table-only finds every run and seed in order
-and ignores other files, and a negative seed is refused."""
+and ignores other files, and a negative seed is refused before anything is written."""
 
 import importlib
 import json
@@ -30,5 +30,6 @@ def test_seeds_name_runs_and_the_table_lists_them_in_order(tmp_path, capsys):
 
 def test_a_negative_seed_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        study.main(["--seeds", "-1", "--out", str(tmp_path)])
+        study.main(["--seeds", "-1", "--out", str(tmp_path / "out")])
     assert stop.value.code == 2 and "--seeds must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=WORK, help="run and data folders (not results)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the finished runs")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     if any(seed < 0 for seed in args.seeds):
         parser.error("--seeds must be >= 0")
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in [] if args.table_only else args.runs:
         for seed in args.seeds:
             key, overrides = run_key(name, seed), RUNS[name] + ([f"seed={seed}", f"data.seed={seed}"] if seed else [])
