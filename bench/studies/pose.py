@@ -87,12 +87,12 @@ def table(found: dict) -> str:
             perplexity = " / ".join(f"{r['results'][m]['perplexity'][n]:.2f}" for m in models)
             lines.append(f"| {name} | {int(n):,} | {passkey} | {perplexity} |")
     lines += ["", "| run | seeds | passkey at the longest length, per seed | mean |", "|---|---|---|---|"]
-    for name in dict.fromkeys(key.partition("_seed")[0] for key in found):
-        keys = [key for key in found if key.partition("_seed")[0] == name]
+    for name in dict.fromkeys(split_key(key)[0] for key in found):
+        keys = [key for key in found if split_key(key)[0] == name]
         longest = [found[k]["results"][next(iter(found[k]["results"]))]["passkey"] for k in keys]
         last = max(longest[0], key=int)
         values = [by_length[last] for by_length in longest]
-        seeds = ", ".join(k.partition("_seed")[2] or "0" for k in keys)
+        seeds = ", ".join(split_key(k)[1] for k in keys)
         lines.append(f"| {name} at {int(last):,} | {seeds} | {' / '.join(f'{v:.0%}' for v in values)} | "
                      f"{sum(values) / len(values):.1%} |")
     lines += ["", "| run | steps | tokens | training s | wall s | peak training memory (GB, RSS) |",
@@ -107,14 +107,20 @@ def run_key(name: str, seed: int) -> str:
     return name if seed == 0 else f"{name}_seed{seed}"
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """run_key's inverse: (run name, seed as written; "0" for none)."""
+    name, _, seed = key.partition("_seed")
+    return name, seed or "0"
+
+
 def is_run_key(stem: str) -> bool:
-    name, _, seed = stem.partition("_seed")
-    return name in RUNS and (not seed or seed.isdigit())
+    name, seed = split_key(stem)
+    return name in RUNS and seed.isdigit()
 
 
 def order(path: Path) -> tuple[int, int]:
     """Runs in RUNS order, each run's seeds in number order."""
-    name, _, seed = path.stem.partition("_seed")
+    name, seed = split_key(path.stem)
     return (list(RUNS).index(name) if name in RUNS else len(RUNS), int(seed) if seed.isdigit() else 0)
 
 
