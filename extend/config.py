@@ -238,6 +238,10 @@ class SourceConfig:
     # ("The door key is red.", "The pass code is green."), which teach retrieval by the needle's own words
     # (extend/tasks/synthetic.py, passkey). A training option: evaluation always uses the plain filler.
     distractors: float = 0.0
+    # synthetic passkey: the share (0 <= x <= 1) of those near misses that state a 5-digit number of their own
+    # ("The door key is 51234."), so the needle is not the only number and its words must pick it. Needs
+    # distractors > 0.
+    distractor_keys: float = 0.0
 
 
 @dataclass

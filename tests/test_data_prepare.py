@@ -175,6 +175,8 @@ def _no_eos_tokenizer(folder: Path) -> str:
     ("stage weights all zero", r"curriculum.stages\[0\].weights: every weight is 0"),
     ("distractors out of range", r"data.sources.pk.distractors=1.0 must be >= 0 and < 1"),
     ("distractors on another task", r"data.sources.pk.distractors is a passkey option"),
+    ("distractor_keys out of range", r"data.sources.pk.distractor_keys=1.5 must be >= 0 and <= 1"),
+    ("distractor_keys without distractors", r"data.sources.pk.distractor_keys=0.5 numbers the near misses.*distractors > 0"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_marked_complete(case, message, corpus, cache, tmp_path):
     (tmp_path / "empty.txt").write_text("")
@@ -199,6 +201,9 @@ def test_bad_input_is_one_clear_error_and_nothing_is_marked_complete(case, messa
     elif case.startswith("distractors"):
         task, share = ("passkey", 1.0) if case.endswith("range") else ("copy", 0.3)
         sources = {"text": text, "pk": {"type": "synthetic", "task": task, "lengths": [120], "distractors": share}}
+    elif case.startswith("distractor_keys"):
+        options = {"distractors": 0.3, "distractor_keys": 1.5} if case.endswith("range") else {"distractor_keys": 0.5}
+        sources = {"text": text, "pk": {"type": "synthetic", "task": "passkey", "lengths": [120], **options}}
     out = tmp_path / "ds"
     with pytest.raises(ConfigError, match=message) as err:
         prepare(small_cfg(corpus, out, cache, extra, sources), log=lambda _: None)

@@ -78,6 +78,28 @@ def test_passkey_distractors_replace_filler_sentences_and_leave_the_eval_filler_
     assert sentences(passkey(tokenizer, 400, 0.5, seed=12, distractors=0.4).prompt) != sentences(item.prompt)
 
 
+def test_passkey_distractor_keys_number_a_share_of_the_near_misses(tokenizer):
+    """Keyed near misses: about the asked share of near misses state a 5-digit number, never the key, the
+    needle states the key twice; a share of 0 leaves the items of `distractors` alone byte for byte."""
+    from extend.tasks.synthetic import PASSKEY_DISTRACTORS, PASSKEY_KEYED_DISTRACTORS, passkey
+
+    assert passkey(tokenizer, 400, 0.5, seed=11, distractors=0.4, distractor_keys=0.0) == \
+        passkey(tokenizer, 400, 0.5, seed=11, distractors=0.4)
+    keyed = re.compile("|".join(re.escape(t).replace(r"\{\}", r"(\d{5})") for t in PASSKEY_KEYED_DISTRACTORS))
+    plain_misses = numbered = 0
+    for seed in range(20):
+        item = passkey(tokenizer, 400, 1.0, seed, distractors=0.4, distractor_keys=0.5)
+        assert item == passkey(tokenizer, 400, 1.0, seed, distractors=0.4, distractor_keys=0.5)
+        key = item.answer.strip()
+        text = item.prompt.split(" Remember it.")[0]  # the filler before the needle (depth 1)
+        numbers = keyed.findall(text)
+        assert all(key not in groups for groups in numbers)
+        numbered += len(numbers)
+        plain_misses += sum(text.count(d) for d in PASSKEY_DISTRACTORS)
+        assert item.prompt.count(key) == 2  # the needle's two mentions; no near miss repeats it
+    assert 0.4 < numbered / (numbered + plain_misses) < 0.6, (numbered, plain_misses)
+
+
 def test_copy_items_repeat_the_prompts_tokens_and_fit(tokenizer):
     """The copy task (training data for the tiny base): the answer is the prompt's word list token for token,
     items are a function of the seed, and as many words as fit are used."""

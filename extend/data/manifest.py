@@ -37,6 +37,8 @@ SUMMARY = "summary.md"
 WORK = ".work"
 # DataConfig fields that change how a dataset is made, not what it holds: left out of the fingerprint.
 RUNTIME_FIELDS = ("num_proc", "output_dir", "overwrite", "cache_dir", "num_shards", "shard_index")
+# Source options added after datasets existed: left out of the fingerprint while off, so those keep theirs.
+OPTIONAL_SOURCE_KEYS = ("distractors", "distractor_keys")
 # DataConfig.output_dir's default: an interpolation that resolves to data/<dataset_name(...)> of the config
 # it sits in, so data_prep and training compute the same folder from the same keys.
 DATASET_DIR_RESOLVER = "dataset_dir"
@@ -57,7 +59,7 @@ def dataset_config(cfg: ExtendConfig) -> dict:
 
 def _identity_config(data: dict, curriculum: dict) -> dict:
     data = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
-    data["sources"] = {name: {k: v for k, v in src.items() if not (k == "distractors" and not v)}  # as before the option
+    data["sources"] = {name: {k: v for k, v in src.items() if not (k in OPTIONAL_SOURCE_KEYS and not v)}
                        for name, src in data.get("sources", {}).items()}
     curriculum = copy.deepcopy(curriculum)
     curriculum.pop("pose_temperature", None)  # a training setting: the rows do not depend on it

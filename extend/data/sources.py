@@ -40,7 +40,7 @@ FIELDS_READ: dict[str, set[str]] = {
     "jsonl": _RECORDS,
     "parquet": _RECORDS,
     "hf": _RECORDS | {"subset", "split", "revision", "streaming"},
-    "synthetic": {"task", "lengths", "num_items", "depths", "distractors", "mask_prompt"},
+    "synthetic": {"task", "lengths", "num_items", "depths", "distractors", "distractor_keys", "mask_prompt"},
 }
 
 
@@ -156,6 +156,12 @@ def check_sources(sources: dict[str, SourceConfig]) -> list[str]:
                 problems.append(f"{key}.distractors={src.distractors} must be >= 0 and < 1 (a share of filler sentences)")
             elif src.distractors and src.task != "passkey":
                 problems.append(f"{key}.distractors is a passkey option; remove it from this {src.task} source")
+            if not 0 <= src.distractor_keys <= 1:
+                problems.append(f"{key}.distractor_keys={src.distractor_keys} must be >= 0 and <= 1 (a share of the "
+                                "near misses)")
+            elif src.distractor_keys and not src.distractors:
+                problems.append(f"{key}.distractor_keys={src.distractor_keys} numbers the near misses, and there are "
+                                "none: set distractors > 0 as well, or remove distractor_keys")
     if sources and sum(s.weight for s in sources.values()) <= 0:
         problems.append("data.sources: every weight is 0, so the mixture is empty; give at least one source a weight > 0")
     return problems
@@ -339,7 +345,8 @@ def _load_synthetic(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource
     # The source's name enters the seed, so two sources of the same task draw different items.
     seed = synthetic.cell_seed(ctx.seed, name, 0, None, 0)
     items = synthetic.generate(src.task, ctx.tokenizer, list(src.lengths), src.num_items, seed,
-                               list(src.depths) if src.depths is not None else None, src.distractors)
+                               list(src.depths) if src.depths is not None else None, src.distractors,
+                               src.distractor_keys)
     over = sorted({(item.target_length, item.num_tokens) for item in items if item.num_tokens > item.target_length})
     if over:
         target, tokens = over[0]
@@ -349,6 +356,8 @@ def _load_synthetic(name: str, src: SourceConfig, ctx: LoadContext) -> RawSource
     info = {"task": src.task, "lengths": list(src.lengths)}
     if src.distractors:
         info["distractors"] = src.distractors
+    if src.distractor_keys:
+        info["distractor_keys"] = src.distractor_keys
     return RawSource(name, "qa", docs, _digest(json.dumps(docs)), info)
 
 

@@ -37,6 +37,12 @@ PASSKEY_DISTRACTORS = (
     "The door key is red.", "The car key is old.", "The house key is small.", "The old key is lost.",
     "The gate key is new.", "The pass word is blue.", "The pass code is green.", "The pass is open.",
 )
+# Near misses that state a number of their own (`distractor_keys`): the needle is then not the only number in
+# the text, and only its words ("pass key") tell which number answers the question.
+PASSKEY_KEYED_DISTRACTORS = (
+    "The door key is {}.", "The car key is {}.", "The pass code is {}.", "The old key is {}.",
+    "The gate number is {}.", "The pass word is {}.",
+)
 _FILLER_SENTENCES = [s + "." for s in FILLER.rstrip(".").split(". ")]
 _WORDS = (
     "amber basin cedar delta ember falcon garnet harbor island jasper kettle lantern meadow nectar orchid "
@@ -83,22 +89,25 @@ def _fit(tokenizer: Tokenizer, target: int, build: Callable[[int], tuple[str, st
     return prompt, answer, _count(tokenizer, prompt + answer)
 
 
-def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int, distractors: float = 0.0) -> TaskItem:
+def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int, distractors: float = 0.0,
+            distractor_keys: float = 0.0) -> TaskItem:
     """One passkey item: a 5-digit key at `depth` (0 = start, 1 = end) of the filler.
 
     `distractors` (training data, never the eval): the share of filler sentences that are near misses of the
     needle (PASSKEY_DISTRACTORS); the others are the plain filler's sentences in random order rather than its
     fixed cycle, all drawn per item. With the plain filler every "is" but the needle's is followed by a
     colour in a fixed order, so a model can answer by how the needle differs from the filler; near misses
-    make it match the needle's own words, which does not weaken as the filler grows."""
+    make it match the needle's own words, which does not weaken as the filler grows. `distractor_keys`: the
+    share of near misses that state a 5-digit number other than the key (PASSKEY_KEYED_DISTRACTORS), so
+    that the first digit of the answer, too, has to be found by the needle's words."""
     rng = random.Random(seed)
     key = rng.randint(10000, 99999)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
     filler_words = FILLER_WORDS
     if distractors:
         draw = random.Random(f"{seed}:distractors")
-        sentences = [draw.choice(PASSKEY_DISTRACTORS if draw.random() < distractors else _FILLER_SENTENCES)
-                     for _ in range(length)]
+        sentences = [_near_miss(draw, key, distractor_keys) if draw.random() < distractors
+                     else draw.choice(_FILLER_SENTENCES) for _ in range(length)]
         filler_words = " ".join(sentences).split()  # at least `length` words: more than `length` tokens
 
     def build(words: int) -> tuple[str, str]:
@@ -111,6 +120,16 @@ def passkey(tokenizer: Tokenizer, length: int, depth: float, seed: int, distract
 
     prompt, answer, n = _fit(tokenizer, length, build)
     return TaskItem("passkey", prompt, answer, n, length, depth, seed)
+
+
+def _near_miss(draw: random.Random, key: int, keyed: float) -> str:
+    """One near miss of the needle; with probability `keyed` one that states a number (never the key)."""
+    if not (keyed and draw.random() < keyed):
+        return draw.choice(PASSKEY_DISTRACTORS)
+    template, number = draw.choice(PASSKEY_KEYED_DISTRACTORS), draw.randint(10000, 99999)
+    while number == key:
+        number = draw.randint(10000, 99999)
+    return template.format(number)
 
 
 def lines(tokenizer: Tokenizer, length: int, seed: int) -> TaskItem:
@@ -231,11 +250,11 @@ def cell_seed(seed: int, task: str, length: int, depth: float | None, index: int
 
 def generate(
     task: str, tokenizer: Tokenizer, lengths: list[int], num_items: int, seed: int,
-    depths: list[float] | None = None, distractors: float = 0.0,
+    depths: list[float] | None = None, distractors: float = 0.0, distractor_keys: float = 0.0,
 ) -> list[TaskItem]:
     """`num_items` items per length (per length x depth for passkey), each seeded from `seed` and its cell,
-    so one cell's items do not change when other lengths or depths are added. `distractors`: passkey only
-    (see `passkey`)."""
+    so one cell's items do not change when other lengths or depths are added. `distractors` and
+    `distractor_keys`: passkey only (see `passkey`)."""
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; choose one of {', '.join(TASKS)}")
     items = []
@@ -244,7 +263,7 @@ def generate(
             for depth in depths or [0.0, 0.25, 0.5, 0.75, 1.0]:
                 for i in range(num_items):
                     items.append(passkey(tokenizer, length, depth, cell_seed(seed, task, length, depth, i),
-                                         distractors))
+                                         distractors, distractor_keys))
         else:
             fn = {"lines": lines, "kv": kv, "numeric_qa": numeric_qa, "copy": copy}[task]
             for i in range(num_items):
