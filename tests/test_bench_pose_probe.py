@@ -121,3 +121,25 @@ def test_a_folder_without_a_checkpoint_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         probe.main([str(tmp_path)])
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_misses_count_the_first_digit_guesses():
+    def item(answer, prediction):
+        return {"answer": answer, "prediction": prediction, "correct": answer == prediction}
+
+    records = [item("46568", "56568"), item("13687", "53687"), item("21369", "31369"), item("50133", "50333"),
+               item("74646", "7464"), item("12345", "12345")]
+    assert probe.misses(records) == {"total": 5, "first_digit_only": 3, "common_first_digit": "5",
+                                     "common_first_digit_count": 2}
+    assert probe.misses([item("12345", "12345")]) == {"total": 0, "first_digit_only": 0, "common_first_digit": None,
+                                                     "common_first_digit_count": 0}
+
+
+def test_cells_report_accuracy_by_depth(checkpoint):
+    record = probe.main([str(checkpoint), "--cells", "64", "--items-per-depth", "2"])
+    cell = record["cells"][0]
+    assert list(cell["by_depth"]) == [str(d) for d in probe.DEPTHS]
+    for depth, accuracy in cell["by_depth"].items():
+        hits = [i["correct"] for i in cell["items"] if str(i["depth"]) == depth]
+        assert len(hits) == 2 and accuracy == sum(hits) / 2
+    assert cell["misses"]["total"] == sum(not i["correct"] for i in cell["items"])

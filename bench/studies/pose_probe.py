@@ -15,6 +15,10 @@ the short item's length; LENGTH alone is the item as the eval reads it.
 LENGTH@OFFSET reads the whole item at position ids OFFSET, OFFSET + 1, ...: a check of the harness, since
 rotary attention depends on position differences only and such a cell must score as LENGTH does.
 
+Per cell it also reports the accuracy at each depth and how the misses are wrong: how many have every digit
+right but the first, and the wrong first digit most of those share (a model that finds the needle and still
+guesses its first digit falls back to one digit, whatever the key).
+
 `--attention-factor X` replaces the scale the rotary module puts on cos and sin (YaRN's attention factor;
 the logits scale by its square) for every cell, to probe how sharper or flatter attention changes a cell.
 
@@ -104,8 +108,22 @@ def probe(model, tokenizer, cell: Cell, per_depth: int, seed: int) -> dict:
         records.append({"depth": prompt.item.depth, "tokens": len(prompt.input_ids),
                         "answer": prompt.item.answer.strip(), "prediction": prediction,
                         "correct": exact(prediction, prompt.item.answer)[0]})
+    by_depth = {depth: [r["correct"] for r in records if r["depth"] == depth] for depth in DEPTHS}
     return {"cell": str(cell), "length": cell.length, "offset": cell.offset, "gap": cell.gap, "last_position": last,
-            "accuracy": sum(r["correct"] for r in records) / len(records), "items": records}
+            "accuracy": sum(r["correct"] for r in records) / len(records),
+            "by_depth": {str(d): sum(hits) / len(hits) for d, hits in by_depth.items() if hits},
+            "misses": misses(records), "items": records}
+
+
+def misses(records: list[dict]) -> dict:
+    """How the wrong answers are wrong: how many have every digit right but the first (the answer's length
+    kept), and which wrong first digit is the most common among those, with its count."""
+    first_only = [r for r in records if not r["correct"] and len(r["prediction"]) == len(r["answer"])
+                  and r["prediction"][0] != r["answer"][0] and r["prediction"][1:] == r["answer"][1:]]
+    digits = [r["prediction"][0] for r in first_only]
+    common = max(sorted(set(digits)), key=digits.count) if digits else None
+    return {"total": sum(not r["correct"] for r in records), "first_digit_only": len(first_only),
+            "common_first_digit": common, "common_first_digit_count": digits.count(common) if common else 0}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,14 +153,20 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"model": opts.model.name if opts.model.name != "final" else str(opts.model.parent.name),
               "attention_factor": float(rotary.attention_scaling), "checkpoint_attention_factor": own,
               "seed": opts.seed, "items_per_depth": opts.items_per_depth, "cells": []}
-    print(f"{'cell':>10} {'tokens':>7} {'last position':>14} {'passkey':>8} {'seconds':>8}")
+    depths = " ".join(f"{d:>5g}" for d in DEPTHS)
+    print(f"{'cell':>10} {'tokens':>7} {'last position':>14} {'passkey':>8}   by depth: {depths}   "
+          f"{'misses':>6} {'first digit only':>16} {'seconds':>8}")
     for spec in opts.cells:
         start = time.perf_counter()
         cell = probe(model, tokenizer, spec, opts.items_per_depth, opts.seed)
         cell["seconds"] = round(time.perf_counter() - start, 1)
         record["cells"].append(cell)
-        print(f"{cell['cell']:>10} {spec.length:>7} {cell['last_position']:>14} {cell['accuracy']:>8.0%} {cell['seconds']:>8}",
-              flush=True)
+        by_depth = " ".join(f"{cell['by_depth'][str(d)]:>5.0%}" for d in DEPTHS)
+        miss = cell["misses"]
+        first = f"{miss['first_digit_only']}" + (f" ({miss['common_first_digit_count']}x '{miss['common_first_digit']}')"
+                                                  if miss["common_first_digit"] else "")
+        print(f"{cell['cell']:>10} {spec.length:>7} {cell['last_position']:>14} {cell['accuracy']:>8.0%}   "
+              f"          {by_depth}   {miss['total']:>6} {first:>16} {cell['seconds']:>8}", flush=True)
     if opts.out:
         opts.out.parent.mkdir(parents=True, exist_ok=True)
         opts.out.write_text(json.dumps(record, indent=1) + "\n")
