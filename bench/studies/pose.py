@@ -87,13 +87,15 @@ def table(found: dict) -> str:
             perplexity = " / ".join(f"{r['results'][m]['perplexity'][n]:.2f}" for m in models)
             lines.append(f"| {name} | {int(n):,} | {passkey} | {perplexity} |")
     lines += ["", "| run | seeds | passkey at the longest length, per seed | mean |", "|---|---|---|---|"]
-    for name in dict.fromkeys(split_key(key)[0] for key in found):
-        keys = [key for key in found if split_key(key)[0] == name]
-        longest = [found[k]["results"][next(iter(found[k]["results"]))]["passkey"] for k in keys]
-        last = max(longest[0], key=int)
-        values = [by_length[last] for by_length in longest]
-        seeds = ", ".join(split_key(k)[1] for k in keys)
-        lines.append(f"| {name} at {int(last):,} | {seeds} | {' / '.join(f'{v:.0%}' for v in values)} | "
+    seeds_of: dict[str, list[str]] = {}
+    for key in found:
+        name, seed = split_key(key)
+        seeds_of.setdefault(name, []).append(seed)
+    for name, seeds in seeds_of.items():
+        trained = [next(iter(found[run_key(name, int(seed))]["results"].values()))["passkey"] for seed in seeds]
+        longest = max(trained[0], key=int)
+        values = [by_length[longest] for by_length in trained]
+        lines.append(f"| {name} at {int(longest):,} | {', '.join(seeds)} | {' / '.join(f'{v:.0%}' for v in values)} | "
                      f"{sum(values) / len(values):.1%} |")
     lines += ["", "| run | steps | tokens | training s | wall s | peak training memory (GB, RSS) |",
               "|---|---|---|---|---|---|"]
