@@ -87,8 +87,8 @@ def test_recipe_composes_and_validates(recipe):
     assert check_training(cfg, world_size=1, addressable=addressable) == []
     longest = max(s.length for s in cfg.curriculum.stages)
     spans = [s.span for s in cfg.curriculum.stages if s.span is not None]
-    if spans:  # PoSE: short rows whose position ids span the extended length
-        assert max(spans) == addressable, "PoSE recipes span up to their extended length"
+    if spans:  # PoSE: short rows whose position ids span the extended length, up to a quarter past it
+        assert addressable <= max(spans) <= addressable * 5 // 4, "PoSE recipes span their extended length"
         assert longest < addressable
     elif recipe in TRAINS_SHORT:
         assert longest < addressable, f"{recipe} trains below its extended length: {TRAINS_SHORT[recipe]}"
