@@ -87,15 +87,15 @@ def table(found: dict) -> str:
             perplexity = " / ".join(f"{r['results'][m]['perplexity'][n]:.2f}" for m in models)
             lines.append(f"| {name} | {int(n):,} | {passkey} | {perplexity} |")
     lines += ["", "| run | seeds | passkey at the longest length, per seed | mean |", "|---|---|---|---|"]
-    seeds_of: dict[str, list[str]] = {}
+    keys_of: dict[str, list[str]] = {}
     for key in found:
-        name, seed = split_key(key)
-        seeds_of.setdefault(name, []).append(seed)
-    for name, seeds in seeds_of.items():
-        trained = [next(iter(found[run_key(name, int(seed))]["results"].values()))["passkey"] for seed in seeds]
+        keys_of.setdefault(split_key(key)[0], []).append(key)
+    for name, keys in keys_of.items():
+        trained = [next(iter(found[key]["results"].values()))["passkey"] for key in keys]
         longest = max(trained[0], key=int)
         values = [by_length[longest] for by_length in trained]
-        lines.append(f"| {name} at {int(longest):,} | {', '.join(seeds)} | {' / '.join(f'{v:.0%}' for v in values)} | "
+        seeds = ", ".join(split_key(key)[1] for key in keys)
+        lines.append(f"| {name} at {int(longest):,} | {seeds} | {' / '.join(f'{v:.0%}' for v in values)} | "
                      f"{sum(values) / len(values):.1%} |")
     lines += ["", "| run | steps | tokens | training s | wall s | peak training memory (GB, RSS) |",
               "|---|---|---|---|---|---|"]
